@@ -1,0 +1,45 @@
+# Two commands for a fresh machine (only Python 3.11 needed): `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+TOOLKIT = $(VENV)/bin/toolkit
+STAMP   = $(VENV)/.installed
+
+# `make test` runs its own stack (own directory and ports) so it can run beside a developer's stack.
+TEST_ENV = TOOLKIT_STACK_DIR=$(CURDIR)/.stack-test POSTGRES_PORT=55329 PARSE_PORT=21337 \
+           TEMPORAL_PORT=27233 TEMPORAL_UI_PORT=28233 API_PORT=28000
+
+.PHONY: install run test lint stack-up stack-down stack-status clean
+
+$(STAMP): pyproject.toml parse-server/package-lock.json
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(TOOLKIT) stack up
+	$(TOOLKIT) run
+
+test: install
+	@env $(TEST_ENV) $(TOOLKIT) stack up && \
+	env $(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	env $(TEST_ENV) $(TOOLKIT) stack down; exit $$status
+
+lint: install
+	$(VENV)/bin/ruff check toolkit tests loadtests
+	$(VENV)/bin/ruff format --check toolkit tests loadtests
+
+stack-up: install
+	$(TOOLKIT) stack up
+
+stack-down: install
+	$(TOOLKIT) stack down
+
+stack-status: install
+	$(TOOLKIT) stack status
+
+clean:
+	-$(TOOLKIT) stack down
+	rm -rf .stack .stack-test reports

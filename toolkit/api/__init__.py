@@ -1,0 +1,1 @@
+"""The batch memory HTTP API (FastAPI)."""

