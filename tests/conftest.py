@@ -11,6 +11,7 @@ import pytest
 from toolkit import stack
 from toolkit.parse import ParseClient
 from toolkit.settings import Settings, load_settings
+from toolkit.testing.users import ParseUser, sign_up
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +38,14 @@ async def parse(settings: Settings) -> AsyncIterator[ParseClient]:
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+async def user(parse: ParseClient) -> ParseUser:
+    """A fresh, real Parse user with a session."""
+    return await sign_up(parse)
+
+
+@pytest.fixture
+async def other_user(parse: ParseClient) -> ParseUser:
+    return await sign_up(parse)
