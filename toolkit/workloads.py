@@ -1,0 +1,128 @@
+"""Batches to measure with (design §5): real conversation text, and fixed-size synthetic text.
+
+Every figure the toolkit reports names the workload that produced it, so both generators are
+deterministic: the same ``(count, seed)`` gives the same memories on every machine and every run.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["WORKLOADS", "chitchat_memories", "make_memories", "synthetic_memories"]
+
+# One message of the Chit Chat dataset: (turn, sender, timestamp, text).
+_Message = tuple[int, str, str, str]
+
+
+@functools.cache
+def _conversations() -> tuple[tuple[str, tuple[_Message, ...]], ...]:
+    """The dataset as ``(conversation_id, messages)`` pairs sorted by id, read from disk once per process.
+
+    In the dataset a conversation is a list of turns and a turn a list of consecutive messages of one
+    sender; messages are flattened here and keep their turn number. Empty messages are dropped.
+    """
+    import chitchat_dataset  # ~40 MB of JSON: only loaded when a chitchat workload is asked for
+
+    conversations = []
+    for conversation_id, conversation in sorted(chitchat_dataset.Dataset().items()):
+        messages = tuple(
+            (turn, message["sender"], message["timestamp"], message["text"])
+            for turn, messages_of_turn in enumerate(conversation["messages"])
+            for message in messages_of_turn
+            if message["text"].strip()
+        )
+        if messages:
+            conversations.append((conversation_id, messages))
+    return tuple(conversations)
+
+
+def chitchat_memories(count: int, *, seed: int = 0) -> list[dict[str, Any]]:
+    """``count`` real chat messages from the Chit Chat dataset (MIT, ~7,000 conversations), as memories.
+
+    Conversations are taken whole, in an order shuffled by ``seed``, so a batch reads like real
+    traffic: consecutive messages of the same people. Each memory is::
+
+        {"content": text, "type": "text",
+         "metadata": {"conversation_id", "sender", "timestamp", "turn"}}
+
+    The dataset holds about 258,000 non-empty messages; a larger ``count`` cycles through them
+    again in the same order, so memories then repeat (content and metadata alike).
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if count == 0:
+        return []
+    conversations = list(_conversations())
+    random.Random(seed).shuffle(conversations)
+    memories: list[dict[str, Any]] = []
+    while True:
+        for conversation_id, messages in conversations:
+            for turn, sender, timestamp, text in messages:
+                memories.append(
+                    {
+                        "content": text,
+                        "type": "text",
+                        "metadata": {
+                            "conversation_id": conversation_id,
+                            "sender": sender,
+                            "timestamp": timestamp,
+                            "turn": turn,
+                        },
+                    }
+                )
+                if len(memories) == count:
+                    return memories
+
+
+# Random bytes -> text: about 1 byte in 6 becomes a space, the rest lowercase letters, so the text is
+# "words" of ~5 letters whose letters are nearly random: gzip gains little, as with real varied text.
+_SPACES = 42
+_TO_TEXT = bytes(32 if b < _SPACES else 97 + (b - _SPACES) % 26 for b in range(256))
+
+
+def synthetic_memories(count: int, *, content_bytes: int = 500, seed: int = 0) -> list[dict[str, Any]]:
+    """``count`` memories whose content is exactly ``content_bytes`` UTF-8 bytes, for size sweeps.
+
+    The content is pseudo-random lowercase words (ASCII, so bytes == characters). Memory ``i`` is the
+    same whatever ``count`` is: a larger batch extends a smaller one of the same seed.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if content_bytes < 1:
+        raise ValueError(f"content_bytes must be >= 1, got {content_bytes}")
+    rng = random.Random(seed)
+    memories: list[dict[str, Any]] = []
+    for index in range(count):
+        text = bytearray(rng.randbytes(content_bytes).translate(_TO_TEXT))
+        # No leading or trailing space: a memory that looks stripped stays the same size when stripped.
+        for end in (0, -1):
+            if text[end] == 32:
+                text[end] = 120  # "x"
+        memories.append(
+            {
+                "content": text.decode("ascii"),
+                "type": "text",
+                "metadata": {"index": index, "workload": "synthetic"},
+            }
+        )
+    return memories
+
+
+WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
+    "chitchat": chitchat_memories,
+    "synthetic": synthetic_memories,
+}
+
+
+def make_memories(workload: str, count: int, **kw: Any) -> list[dict[str, Any]]:
+    """``count`` memories of the named workload; keyword arguments go to its generator."""
+    try:
+        generate = WORKLOADS[workload]
+    except KeyError:
+        raise ValueError(
+            f"unknown workload {workload!r}; valid workloads: {', '.join(sorted(WORKLOADS))}"
+        ) from None
+    return generate(count, **kw)
