@@ -1,0 +1,504 @@
+"""Storage of batches in Parse: the ``BatchMemoryRequest`` object and its gzip batch file (design §4.2).
+
+The API stores a batch here and hands the workflow only the objectId (the claim check); the worker
+fetches it back, reports progress and errors on it, and finishes it. Every write uses the master key
+(this code runs server side) and sets the ACL explicitly (:func:`toolkit.parse.acl.batch_acl`), because
+an object created with the master key and no ACL is public. Reads use the master key unless a
+session token is given; then Parse's ACL, CLP and protectedFields decide what the caller sees.
+
+Error contract for the worker:
+
+- :class:`BatchFileError` (not retryable): the request's file is missing, corrupt or over the
+  decompression limit. Retrying cannot fix it.
+- :class:`~toolkit.parse.errors.ParseUnavailable` (retryable): Parse could not be reached or answered
+  5xx, whether for the object or for the file download.
+
+``requestId`` mirrors ``batchId``: the workflow carries the objectId, and the schema keeps ``requestId``
+for the original service's tooling, which looks a request up by the id the API returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
+
+from pydantic import ValidationError
+
+from toolkit.parse._client import ParseClient
+from toolkit.parse.acl import batch_acl
+from toolkit.parse.codec import (
+    CorruptBatchFile,
+    DecompressionLimitExceeded,
+    EncodedBatch,
+    decode_memories,
+    encode_memories,
+)
+from toolkit.parse.errors import ObjectNotFound, ParseError, ParseUnavailable
+from toolkit.parse.models import (
+    FINISHED_STATUSES,
+    BatchError,
+    BatchMemoryRequest,
+    BatchMetadata,
+    BatchStatus,
+    MemoryItem,
+    ParseFile,
+    to_parse_date,
+    validate_object_id,
+)
+from toolkit.parse.schema import BATCH_MEMORY_REQUEST
+from toolkit.settings import Settings
+
+__all__ = [
+    "MAX_ERROR_CHARS",
+    "BatchFileError",
+    "append_batch_request_errors",
+    "create_batch_memory_request_in_parse",
+    "delete_batch_file",
+    "delete_batch_request",
+    "delete_file_if_present",
+    "fetch_batch_memory_request_from_parse",
+    "find_batch_request",
+    "find_by_idempotency_key",
+    "mark_webhook_sent",
+    "record_workflow",
+    "set_batch_request_progress",
+    "update_batch_request_completion",
+    "update_batch_request_progress",
+    "update_batch_request_status",
+]
+
+log = logging.getLogger(__name__)
+
+Storage = Literal["reference", "legacy"]
+
+BATCH_FILE_CONTENT_TYPE = "application/gzip"
+# An error text longer than this is cut: one pathological message must not bloat the object.
+MAX_ERROR_CHARS = 1_000
+# Parse's error code when a files adapter fails to delete (the fs adapter's ENOENT included).
+_FILE_DELETE_ERROR = 153
+_STATUSES: frozenset[str] = frozenset(get_args(BatchStatus))
+
+
+class BatchFileError(Exception):
+    """The request's batch file is missing, corrupt or over the decompression limit: not retryable."""
+
+
+# ---- create ----------------------------------------------------------------------------------------
+
+
+def _batch_file_name(batch_id: str) -> str:
+    return f"{batch_id}.json.gz"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def create_batch_memory_request_in_parse(
+    client: ParseClient,
+    settings: Settings,
+    *,
+    batch_id: str,
+    user_id: str,
+    memories: Sequence[MemoryItem],
+    storage: Storage = "reference",
+    organization_id: str | None = None,
+    namespace_id: str | None = None,
+    workspace_id: str | None = None,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+    idempotency_key: str | None = None,
+) -> str:
+    """Store a batch: upload its gzip file (reference storage) and create its request; return the objectId.
+
+    With ``storage="legacy"`` no file is uploaded (the legacy workflow carries the memories itself);
+    the request still records the sizes so both paths are measured alike. If the create fails after
+    the upload, the file is deleted before the error is re-raised, so no orphan is left behind;
+    except when the create's answer was lost (``ParseUnavailable``) yet the object exists: then that
+    object's id is returned. Invalid input raises ``ValueError`` before anything is stored.
+    """
+    if storage not in get_args(Storage):
+        raise ValueError(f"storage must be 'reference' or 'legacy', got {storage!r}")
+    if not memories:
+        raise ValueError("a batch needs at least one memory")
+    # batchId becomes part of the file name, the others become pointers: refuse anything path-like.
+    validate_object_id(batch_id)
+    for name, value in (
+        ("user_id", user_id),
+        ("organization_id", organization_id),
+        ("namespace_id", namespace_id),
+        ("workspace_id", workspace_id),
+    ):
+        if value is not None:
+            try:
+                validate_object_id(value)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+    items = [m if isinstance(m, MemoryItem) else MemoryItem.model_validate(m) for m in memories]
+    plain = [m.model_dump(mode="json") for m in items]
+
+    encoded: EncodedBatch | None = None
+    if storage == "reference":
+        # A 10,000-memory batch takes ~100 ms to gzip: off the event loop, so the API stays responsive.
+        encoded = await asyncio.to_thread(encode_memories, plain, level=settings.gzip_level)
+        raw_size, compressed_size, ratio, codec = (
+            encoded.raw_size,
+            encoded.compressed_size,
+            encoded.compression_ratio,
+            encoded.codec,
+        )
+    else:
+        # Nothing is compressed on the legacy path: record the raw JSON size the workflow input carries.
+        raw_size = len(json.dumps(plain, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        compressed_size, ratio, codec = raw_size, 1.0, "none"
+    del plain
+    log.info(
+        "batch %s: %d memories, %d raw bytes -> %d stored bytes (%.2fx, %s, storage=%s)",
+        batch_id,
+        len(items),
+        raw_size,
+        compressed_size,
+        ratio,
+        codec,
+        storage,
+    )
+
+    # Built (and so validated) before the upload: a bad field must not leave a file behind.
+    request = BatchMemoryRequest(
+        batch_id=batch_id,
+        request_id=batch_id,
+        user=user_id,
+        organization=organization_id,
+        namespace=namespace_id,
+        workspace=workspace_id,
+        batch_metadata=BatchMetadata(
+            memory_count=len(items),
+            total_size_bytes=raw_size,
+            compressed_size_bytes=compressed_size,
+            compression_ratio=ratio,
+            codec=codec,
+            chunk_num=1,
+            total_chunks=1,
+            source="batch_api",
+            created_at=_now(),
+            storage=storage,
+        ),
+        status="pending",
+        total_memories=len(items),
+        processed_count=0,
+        success_count=0,
+        fail_count=0,
+        errors=[],
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+        webhook_sent=False,
+        idempotency_key=idempotency_key,
+    )
+    body = {**request.to_parse(), "ACL": batch_acl(user_id, organization_id)}
+
+    uploaded: ParseFile | None = None
+    if encoded is not None:
+        # POST is not retried: a repeat upload would leave a second, unreferenced file.
+        answer = await client.upload_file(
+            _batch_file_name(batch_id), encoded.data, BATCH_FILE_CONTENT_TYPE, master=True
+        )
+        del encoded
+        uploaded = ParseFile(name=answer["name"], url=answer.get("url"))
+        body["batchDataFile"] = uploaded.to_parse()  # by name only: Parse refuses file URLs
+    try:
+        created = await client.create_object(BATCH_MEMORY_REQUEST, body, master=True)
+    except Exception as exc:
+        # Not BaseException: a cancelled create may still land, and then it needs its file.
+        if uploaded is None:
+            raise
+        if isinstance(exc, ParseUnavailable):
+            # The create may have landed with only its response lost: then the file is in use.
+            existing = await _find_created_despite_error(client, batch_id, uploaded.name)
+            if existing is not None:
+                log.warning(
+                    "batch %s: create answered %s but the request exists (%s)", batch_id, exc, existing
+                )
+                return existing
+        await _discard_upload(client, uploaded, batch_id)
+        raise
+    object_id: str = created["objectId"]
+    return object_id
+
+
+async def _find_created_despite_error(client: ParseClient, batch_id: str, file_name: str) -> str | None:
+    try:
+        rows = await client.find(
+            BATCH_MEMORY_REQUEST, {"batchId": batch_id}, limit=10, keys="batchDataFile", master=True
+        )
+    except ParseError:
+        return None
+    for row in rows:
+        if (row.get("batchDataFile") or {}).get("name") == file_name:
+            return str(row["objectId"])
+    return None
+
+
+async def _discard_upload(client: ParseClient, uploaded: ParseFile, batch_id: str) -> None:
+    try:
+        await delete_file_if_present(client, uploaded)
+    except ParseError as cleanup_error:
+        # The original error matters more; `toolkit cleanup` removes what is left on a local stack.
+        log.error("batch %s: could not delete uploaded file %s: %s", batch_id, uploaded.name, cleanup_error)
+
+
+# ---- files -----------------------------------------------------------------------------------------
+
+
+def _file_url(client: ParseClient, name: str) -> str:
+    return f"{client.base_url}/files/{client.settings.parse_app_id}/{name}"
+
+
+async def delete_file_if_present(client: ParseClient, file: ParseFile) -> bool:
+    """Delete a Parse File; True if it was deleted now, False if it was already gone."""
+    try:
+        await client.delete_file(file.name)
+    except ObjectNotFound:
+        return False
+    except ParseError as exc:
+        if exc.code != _FILE_DELETE_ERROR:
+            raise
+        # The fs adapter answers 153 (ENOENT) for a missing file, e.g. when a retried DELETE
+        # repeats one that worked. Only a download can tell "gone" from a real failure.
+        try:
+            await client.download(file.url or _file_url(client, file.name))
+        except ObjectNotFound:
+            return False
+        raise
+    return True
+
+
+async def _download_memories(
+    client: ParseClient, settings: Settings, request: BatchMemoryRequest
+) -> list[MemoryItem] | None:
+    file = request.batch_data_file
+    storage = request.batch_metadata.storage if request.batch_metadata else "reference"
+    finished = request.status in FINISHED_STATUSES
+    if file is None:
+        # A legacy batch has no file, and a finished one may have had it cleaned up.
+        if storage == "legacy" or finished:
+            return None
+        raise BatchFileError(f"request {request.object_id} (batch {request.batch_id}) has no batch file")
+    try:
+        data = await client.download(file.url or _file_url(client, file.name))
+    except ObjectNotFound as exc:
+        if finished:
+            return None
+        raise BatchFileError(
+            f"batch file {file.name} of request {request.object_id} is missing: {exc}"
+        ) from exc
+    try:
+        plain = await asyncio.to_thread(decode_memories, data, settings.max_decompressed_bytes)
+    except DecompressionLimitExceeded as exc:
+        raise BatchFileError(
+            f"batch file {file.name} of request {request.object_id} is over the decompression limit "
+            f"({settings.max_decompressed_bytes:,} bytes): {exc}"
+        ) from exc
+    except CorruptBatchFile as exc:
+        raise BatchFileError(
+            f"batch file {file.name} of request {request.object_id} is corrupt: {exc}"
+        ) from exc
+    finally:
+        del data
+    try:
+        return [MemoryItem.model_validate(m) for m in plain]
+    except ValidationError as exc:
+        raise BatchFileError(
+            f"batch file {file.name} of request {request.object_id} holds an invalid memory: {exc}"
+        ) from exc
+
+
+# ---- read ------------------------------------------------------------------------------------------
+
+
+async def fetch_batch_memory_request_from_parse(
+    client: ParseClient, settings: Settings, request_id: str, *, with_memories: bool = True
+) -> BatchMemoryRequest | None:
+    """The request (master key, so ``webhook_secret`` included), or None if it does not exist.
+
+    ``with_memories`` downloads and decodes the batch file into ``.memories``; a legacy request (no
+    file) gives ``memories=None``, and so does a finished one whose file was already cleaned up.
+    Raises :class:`BatchFileError` for a missing, corrupt or oversized file of an unfinished request.
+    """
+    validate_object_id(request_id)
+    try:
+        data = await client.get_object(BATCH_MEMORY_REQUEST, request_id, master=True)
+    except ObjectNotFound:
+        return None
+    request = BatchMemoryRequest.from_parse(data)
+    if with_memories:
+        request.memories = await _download_memories(client, settings, request)
+    return request
+
+
+async def find_batch_request(
+    client: ParseClient, batch_id: str, *, session_token: str | None = None
+) -> BatchMemoryRequest | None:
+    """The request of ``batch_id``; as that user when ``session_token`` is given (another's → None)."""
+    auth: dict[str, Any] = {"session_token": session_token} if session_token else {"master": True}
+    rows = await client.find(BATCH_MEMORY_REQUEST, {"batchId": batch_id}, limit=1, order="createdAt", **auth)
+    return BatchMemoryRequest.from_parse(rows[0]) if rows else None
+
+
+async def find_by_idempotency_key(client: ParseClient, user_id: str, key: str) -> BatchMemoryRequest | None:
+    """The user's earliest request created with this ``Idempotency-Key``, if any."""
+    validate_object_id(user_id)
+    where = {
+        "user": {"__type": "Pointer", "className": "_User", "objectId": user_id},
+        "idempotencyKey": key,
+    }
+    rows = await client.find(BATCH_MEMORY_REQUEST, where, limit=1, order="createdAt", master=True)
+    return BatchMemoryRequest.from_parse(rows[0]) if rows else None
+
+
+# ---- update ----------------------------------------------------------------------------------------
+
+
+async def _update(client: ParseClient, request_id: str, body: Mapping[str, Any]) -> None:
+    validate_object_id(request_id)
+    await client.update_object(BATCH_MEMORY_REQUEST, request_id, body, master=True)
+
+
+def _check_status(status: str) -> None:
+    if status not in _STATUSES:
+        raise ValueError(f"unknown batch status {status!r}; expected one of {', '.join(sorted(_STATUSES))}")
+
+
+async def record_workflow(client: ParseClient, request_id: str, workflow_id: str, run_id: str) -> None:
+    await _update(client, request_id, {"workflowId": workflow_id, "workflowRunId": run_id})
+
+
+async def update_batch_request_status(
+    client: ParseClient, request_id: str, status: BatchStatus, *, extra: Mapping[str, Any] | None = None
+) -> None:
+    """Set ``status`` and any ``extra`` Parse fields (datetimes become Parse Dates)."""
+    _check_status(status)
+    body: dict[str, Any] = {
+        key: to_parse_date(value) if isinstance(value, datetime) else value
+        for key, value in (extra or {}).items()
+    }
+    body["status"] = status
+    await _update(client, request_id, body)
+
+
+async def update_batch_request_progress(
+    client: ParseClient, request_id: str, *, processed: int, successful: int, failed: int
+) -> None:
+    """Add to the counters atomically (``Increment``): safe with many concurrent writers."""
+    await _update(
+        client,
+        request_id,
+        {
+            "processedCount": {"__op": "Increment", "amount": processed},
+            "successCount": {"__op": "Increment", "amount": successful},
+            "failCount": {"__op": "Increment", "amount": failed},
+        },
+    )
+
+
+async def set_batch_request_progress(
+    client: ParseClient, request_id: str, *, processed: int, successful: int, failed: int
+) -> None:
+    """Set the counters to absolute values: a retried write gives the same result."""
+    await _update(
+        client, request_id, {"processedCount": processed, "successCount": successful, "failCount": failed}
+    )
+
+
+def _error_entry(error: BatchError) -> dict[str, Any]:
+    entry = error.to_parse()
+    if len(entry["error"]) > MAX_ERROR_CHARS:
+        entry["error"] = entry["error"][: MAX_ERROR_CHARS - 1] + "…"
+    # On Postgres, Add drops an entry equal to one already there (same index, text and millisecond):
+    # a random id keeps every recorded failure. The model ignores the key when reading.
+    entry["id"] = uuid.uuid4().hex[:16]
+    return entry
+
+
+async def append_batch_request_errors(
+    client: ParseClient, request_id: str, errors: Sequence[BatchError]
+) -> None:
+    """Append ``{index, error, timestamp}`` entries atomically (``Add``); the model sorts them on read."""
+    if not errors:
+        return
+    await _update(
+        client, request_id, {"errors": {"__op": "Add", "objects": [_error_entry(e) for e in errors]}}
+    )
+
+
+async def update_batch_request_completion(
+    client: ParseClient,
+    request_id: str,
+    *,
+    status: BatchStatus,
+    completed_at: datetime,
+    processing_duration_ms: int,
+    processed: int | None = None,
+    successful: int | None = None,
+    failed: int | None = None,
+) -> None:
+    """Finish the request: final status, completion time, duration, and the final counters if given."""
+    _check_status(status)
+    body: dict[str, Any] = {
+        "status": status,
+        "completedAt": to_parse_date(completed_at),
+        "processingDurationMs": processing_duration_ms,
+    }
+    for field, value in (("processedCount", processed), ("successCount", successful), ("failCount", failed)):
+        if value is not None:
+            body[field] = value
+    await _update(client, request_id, body)
+
+
+async def mark_webhook_sent(client: ParseClient, request_id: str) -> None:
+    await _update(client, request_id, {"webhookSent": True})
+
+
+# ---- delete ----------------------------------------------------------------------------------------
+
+
+async def _stored_file(client: ParseClient, request_id: str) -> tuple[bool, ParseFile | None]:
+    """(exists, file) of a request, read with the master key."""
+    validate_object_id(request_id)
+    try:
+        data = await client.get_object(BATCH_MEMORY_REQUEST, request_id, master=True)
+    except ObjectNotFound:
+        return False, None
+    raw = data.get("batchDataFile")
+    return True, ParseFile.model_validate(raw) if raw else None
+
+
+async def delete_batch_file(client: ParseClient, request_id: str) -> bool:
+    """Delete the request's batch file and unset ``batchDataFile``. True if a file was deleted.
+
+    The file goes first: if unsetting the field then fails, a rerun finds the file gone and only
+    unsets, and a finished request with a dangling reference still reads fine.
+    """
+    exists, file = await _stored_file(client, request_id)
+    if not exists or file is None:
+        return False
+    deleted = await delete_file_if_present(client, file)
+    await _update(client, request_id, {"batchDataFile": {"__op": "Delete"}})
+    return deleted
+
+
+async def delete_batch_request(client: ParseClient, request_id: str) -> None:
+    """Delete the request and its file. A request that does not exist is not an error."""
+    exists, file = await _stored_file(client, request_id)
+    if not exists:
+        return
+    if file is not None:
+        await delete_file_if_present(client, file)
+    try:
+        await client.delete_object(BATCH_MEMORY_REQUEST, request_id, master=True)
+    except ObjectNotFound:
+        pass
