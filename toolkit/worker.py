@@ -1,4 +1,7 @@
-"""``toolkit worker``: one process serving the batch workflows and activities on the task queue."""
+"""``toolkit worker``: one process serving both batch workflows and all their activities.
+
+Scale out by running more of them on the same task queue; Temporal spreads the work.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +10,37 @@ import logging
 import os
 from pathlib import Path
 
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from toolkit.activities import BatchActivities
+from toolkit.parse import ParseClient
 from toolkit.settings import Settings
 from toolkit.temporal_client import connect
+from toolkit.workflows import ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow
 
 log = logging.getLogger(__name__)
 
 
+def build_worker(
+    client: Client, settings: Settings, parse: ParseClient, *, task_queue: str | None = None
+) -> Worker:
+    activities = BatchActivities(settings, parse)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.temporal_task_queue,
+        workflows=[ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow],
+        activities=activities.all(),
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
+    )
+
+
 async def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
     client = await connect(settings)
-    log.info("worker connected to %s, task queue %s", settings.temporal_target, settings.temporal_task_queue)
-    if ready_file is not None:
-        ready_file.write_text(f"{os.getpid()}\n")
-    # Workflows and activities are registered here once they exist (issue 4).
-    del client
-    await asyncio.Event().wait()
+    async with ParseClient(settings) as parse:
+        worker = build_worker(client, settings, parse)
+        log.info("worker on %s, task queue %s", settings.temporal_target, settings.temporal_task_queue)
+        async with worker:
+            if ready_file is not None:
+                ready_file.write_text(f"{os.getpid()}\n")
+            await asyncio.Event().wait()  # until the process is signalled

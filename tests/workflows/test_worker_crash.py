@@ -1,0 +1,96 @@
+"""A worker SIGKILLed mid-batch: a new worker finishes it, no memory lost or duplicated (issue 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from temporalio.client import Client
+
+from toolkit.memory_writer import count_memories
+from toolkit.parse import ParseClient
+from toolkit.settings import Settings
+from toolkit.testing.batches import submit_batch
+from toolkit.testing.users import ParseUser
+from toolkit.workloads import synthetic_memories
+
+
+def start_worker_process(settings: Settings, tmp_path: Path, name: str) -> tuple[subprocess.Popen, Path]:
+    ready = tmp_path / f"{name}.ready"
+    log = tmp_path / f"{name}.log"
+    env = {
+        **os.environ,
+        "TOOLKIT_STACK_DIR": str(settings.stack_dir),
+        "TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
+        # Small, serial chunks so the batch takes long enough to be killed in the middle.
+        "WRITER_BATCH_SIZE": "20",
+        "WRITER_CONCURRENCY": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", "-v", "worker", "--ready-file", str(ready)],
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc, log
+
+
+async def wait_for(predicate, timeout_s: float, what: str) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_killed_worker_resumes_from_checkpoint_without_loss_or_duplicates(
+    temporal: Client, parse: ParseClient, worker_settings: Settings, user: ParseUser, tmp_path: Path
+) -> None:
+    first, first_log = start_worker_process(worker_settings, tmp_path, "first")
+    ready = tmp_path / "first.ready"
+
+    async def first_ready() -> bool:
+        return ready.exists()
+
+    await wait_for(first_ready, 60, "the first worker")
+
+    batch = await submit_batch(
+        temporal, parse, worker_settings, user, synthetic_memories(2000, content_bytes=300)
+    )
+
+    async def some_written() -> bool:
+        return await count_memories(parse, batch.batch_id) >= 300
+
+    await wait_for(some_written, 60, "300 memories written")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    written_at_kill = await count_memories(parse, batch.batch_id)
+    assert 0 < written_at_kill < 2000, "the kill must land in the middle of the batch"
+
+    second, second_log = start_worker_process(worker_settings, tmp_path, "second")
+    try:
+        summary = await asyncio.wait_for(batch.result(), timeout=180)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+    assert (summary.status, summary.total, summary.successful, summary.failed) == ("completed", 2000, 2000, 0)
+    assert await count_memories(parse, batch.batch_id) == 2000
+
+    history = await batch.handle.fetch_history()
+    attempts = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    assert max(attempts) >= 2, "the processing activity must have been retried"
+    log_text = second_log.read_text()
+    resumed = [line for line in log_text.splitlines() if "resumes at memory" in line]
+    assert resumed, f"the retry did not resume from a checkpoint:\n{log_text[-2000:]}"
+    resumed_at = int(resumed[0].rsplit(" ", 1)[1])
+    assert 0 < resumed_at <= written_at_kill
+    print(f"killed with {written_at_kill} memories written; retry resumed at memory {resumed_at}")

@@ -1,0 +1,327 @@
+"""Activities of both batch workflows. All I/O lives here: Parse, the memory writer, the webhook.
+
+Activities are methods of :class:`BatchActivities`, which holds the settings and the process's one
+Parse client, built once by the worker and passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from toolkit.batch_types import (
+    BatchReference,
+    BatchSummary,
+    Checkpoint,
+    LegacyFinalizeInput,
+    MemoryResult,
+    ShrunkBatchData,
+    WebhookOutcome,
+)
+from toolkit.memory_writer import MemoryWriter, WriteContext, WriteOutcome
+from toolkit.parse import ParseClient
+from toolkit.parse import batch_requests as store
+from toolkit.parse.models import FINISHED_STATUSES, BatchError, BatchMemoryRequest, MemoryItem
+from toolkit.settings import Settings
+from toolkit.webhooks import completion_payload, deliver_webhook
+
+log = logging.getLogger(__name__)
+
+# Progress reaches Parse at least this often while memories complete.
+PROGRESS_EVERY_MEMORIES = 10
+PROGRESS_EVERY_S = 1.0
+HEARTBEAT_EVERY_S = 5.0
+
+
+def final_status(total: int, failed: int) -> str:
+    if failed == 0:
+        return "completed"
+    if failed >= total:
+        return "failed"
+    return "partial"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Progress:
+    """Tracks one attempt: the contiguous checkpoint, the counters, and when Parse was last told."""
+
+    def __init__(self, start: Checkpoint, total: int) -> None:
+        self.checkpoint = start
+        self.total = total
+        self.done: dict[int, bool] = {}  # index -> ok, for indexes at or past the checkpoint
+        self.ok = start.ok
+        self.failed = start.failed
+        self.reported = start.next
+        self.reported_at = time.monotonic()
+
+    @property
+    def processed(self) -> int:
+        return self.ok + self.failed
+
+    def record(self, outcomes: list[WriteOutcome]) -> None:
+        for outcome in outcomes:
+            self.done[outcome.index] = outcome.ok
+            if outcome.ok:
+                self.ok += 1
+            else:
+                self.failed += 1
+        # Advance the checkpoint over the contiguous prefix of finished indexes.
+        cp = self.checkpoint
+        next_index, ok, failed = cp.next, cp.ok, cp.failed
+        while next_index in self.done:
+            if self.done.pop(next_index):
+                ok += 1
+            else:
+                failed += 1
+            next_index += 1
+        self.checkpoint = Checkpoint(next_index, ok, failed)
+
+    def report_due(self) -> bool:
+        return (
+            self.processed - self.reported >= PROGRESS_EVERY_MEMORIES
+            or time.monotonic() - self.reported_at >= PROGRESS_EVERY_S
+        )
+
+    def mark_reported(self) -> None:
+        self.reported = self.processed
+        self.reported_at = time.monotonic()
+
+
+class BatchActivities:
+    def __init__(self, settings: Settings, parse: ParseClient, writer: MemoryWriter | None = None) -> None:
+        self.settings = settings
+        self.parse = parse
+        self.writer = writer or MemoryWriter(
+            parse, batch_size=settings.writer_batch_size, concurrency=settings.writer_concurrency
+        )
+
+    # ---- the new path -----------------------------------------------------------------------------
+    @activity.defn(name="fetch_and_process_batch_memories")
+    async def fetch_and_process_batch_memories(self, reference: BatchReference) -> BatchSummary:
+        info = activity.info()
+        resume = Checkpoint.from_details(info.heartbeat_details)
+        try:
+            request = await store.fetch_batch_memory_request_from_parse(
+                self.parse, self.settings, reference.request_id
+            )
+        except store.BatchFileError as exc:
+            await self._fail_request(reference.request_id, f"batch file unusable: {exc}")
+            raise ApplicationError(str(exc), type="CorruptBatchFile", non_retryable=True) from exc
+        if request is None:
+            raise ApplicationError(
+                f"BatchMemoryRequest {reference.request_id} not found",
+                type="BatchRequestMissing",
+                non_retryable=True,
+            )
+        if request.batch_id != reference.batch_id:
+            raise ApplicationError(
+                f"request {reference.request_id} is batch {request.batch_id}, not {reference.batch_id}",
+                type="BatchRequestMissing",
+                non_retryable=True,
+            )
+        if request.status in FINISHED_STATUSES:
+            return self._summary(request)
+        if request.user is None:
+            raise ApplicationError(
+                f"request {reference.request_id} has no owner", type="InvalidBatchRequest", non_retryable=True
+            )
+
+        memories = request.memories or []
+        total = len(memories)
+        start = resume or Checkpoint()
+        if resume:
+            log.info("batch %s: attempt %d resumes at memory %d", request.batch_id, info.attempt, resume.next)
+        started_at = request.started_at or _now()
+        if request.status != "processing" or request.started_at is None:
+            await store.update_batch_request_status(
+                self.parse, reference.request_id, "processing", extra={"startedAt": started_at}
+            )
+
+        progress = _Progress(start, total)
+        context = WriteContext(
+            batch_id=request.batch_id,
+            user_id=request.user.object_id,
+            organization_id=request.organization.object_id if request.organization else None,
+        )
+        heartbeat_task = asyncio.create_task(self._heartbeat_loop(progress))
+
+        async def on_chunk_done(outcomes: list[WriteOutcome]) -> None:
+            progress.record(outcomes)
+            activity.heartbeat(progress.checkpoint.as_details())
+            failures = [o for o in outcomes if not o.ok]
+            if failures:
+                await store.append_batch_request_errors(
+                    self.parse,
+                    reference.request_id,
+                    [
+                        BatchError(index=o.index, error=o.error or "unknown error", timestamp=_now())
+                        for o in failures
+                    ],
+                )
+            if progress.report_due():
+                await self._write_progress(reference.request_id, progress)
+
+        try:
+            items = [(i, memory) for i, memory in enumerate(memories) if i >= start.next]
+            await self.writer.write(context, items, on_chunk_done=on_chunk_done)
+        finally:
+            heartbeat_task.cancel()
+        activity.heartbeat(progress.checkpoint.as_details())
+
+        status = final_status(total, progress.failed)
+        completed_at = _now()
+        await store.update_batch_request_completion(
+            self.parse,
+            reference.request_id,
+            status=status,
+            completed_at=completed_at,
+            processing_duration_ms=int((completed_at - started_at).total_seconds() * 1000),
+            processed=progress.processed,
+            successful=progress.ok,
+            failed=progress.failed,
+        )
+        if self.settings.cleanup_policy == "on_completion":
+            await store.delete_batch_file(self.parse, reference.request_id)
+        return BatchSummary(request.batch_id, status, total, progress.ok, progress.failed)
+
+    async def _heartbeat_loop(self, progress: _Progress) -> None:
+        # Keeps the activity alive while a slow chunk is in flight (no chunk, no heartbeat otherwise).
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+            activity.heartbeat(progress.checkpoint.as_details())
+
+    async def _write_progress(self, request_id: str, progress: _Progress) -> None:
+        await store.set_batch_request_progress(
+            self.parse,
+            request_id,
+            processed=progress.processed,
+            successful=progress.ok,
+            failed=progress.failed,
+        )
+        progress.mark_reported()
+
+    async def _fail_request(self, request_id: str, reason: str) -> None:
+        await store.append_batch_request_errors(
+            self.parse, request_id, [BatchError(index=-1, error=reason, timestamp=_now())]
+        )
+        await store.update_batch_request_completion(
+            self.parse, request_id, status="failed", completed_at=_now(), processing_duration_ms=0
+        )
+
+    @staticmethod
+    def _summary(request: BatchMemoryRequest) -> BatchSummary:
+        return BatchSummary(
+            request.batch_id,
+            request.status,
+            request.total_memories or 0,
+            request.success_count or 0,
+            request.fail_count or 0,
+            bool(request.webhook_sent),
+        )
+
+    # ---- both paths ----------------------------------------------------------------------------------
+    @activity.defn(name="send_batch_webhook")
+    async def send_batch_webhook(self, reference: BatchReference) -> WebhookOutcome:
+        request = await store.fetch_batch_memory_request_from_parse(
+            self.parse, self.settings, reference.request_id, with_memories=False
+        )
+        if request is None:
+            return WebhookOutcome(False, skipped_reason="request not found")
+        if not request.webhook_url:
+            return WebhookOutcome(False, skipped_reason="no webhook_url")
+        if request.webhook_sent:
+            return WebhookOutcome(True, skipped_reason="already delivered")
+        payload = completion_payload(
+            batch_id=request.batch_id,
+            status=request.status,
+            total=request.total_memories or 0,
+            successful=request.success_count or 0,
+            failed=request.fail_count or 0,
+            completed_at=request.completed_at or _now(),
+        )
+        result = await deliver_webhook(
+            request.webhook_url,
+            request.webhook_secret,
+            payload,
+            allow_private=self.settings.webhook_allow_private,
+            max_attempts=self.settings.webhook_max_attempts,
+            backoff_s=self.settings.webhook_backoff_s,
+            timeout_s=self.settings.webhook_timeout_s,
+        )
+        if result.delivered:
+            await store.mark_webhook_sent(self.parse, reference.request_id)
+        else:
+            log.warning(
+                "batch %s: webhook not delivered after %d attempts: %s",
+                request.batch_id,
+                result.attempts,
+                result.error,
+            )
+        return WebhookOutcome(result.delivered, result.attempts)
+
+    # ---- the legacy path ------------------------------------------------------------------------------
+    @activity.defn(name="mark_batch_processing")
+    async def mark_batch_processing(self, reference: BatchReference) -> None:
+        await store.update_batch_request_status(
+            self.parse, reference.request_id, "processing", extra={"startedAt": _now()}
+        )
+
+    @activity.defn(name="process_memory")
+    async def process_memory(self, data: ShrunkBatchData) -> MemoryResult:
+        ctx = data.context
+        context = WriteContext(
+            batch_id=ctx.batch_id, user_id=ctx.user_id, organization_id=ctx.organization_id
+        )
+        [outcome] = await self.writer.write(context, [(data.index, MemoryItem.model_validate(data.memory))])
+        if outcome.ok:
+            await store.update_batch_request_progress(
+                self.parse, ctx.request_id, processed=1, successful=1, failed=0
+            )
+        else:
+            await store.update_batch_request_progress(
+                self.parse, ctx.request_id, processed=1, successful=0, failed=1
+            )
+            await store.append_batch_request_errors(
+                self.parse,
+                ctx.request_id,
+                [BatchError(index=data.index, error=outcome.error or "unknown error", timestamp=_now())],
+            )
+        return MemoryResult(data.index, outcome.ok, outcome.error)
+
+    @activity.defn(name="finalize_batch")
+    async def finalize_batch(self, data: LegacyFinalizeInput) -> BatchSummary:
+        request = await store.fetch_batch_memory_request_from_parse(
+            self.parse, self.settings, data.reference.request_id, with_memories=False
+        )
+        started_at = request.started_at if request and request.started_at else _now()
+        completed_at = _now()
+        status = final_status(data.total, data.failed)
+        # Absolute counts from the workflow: per-memory increments can double-count retried activities.
+        await store.update_batch_request_completion(
+            self.parse,
+            data.reference.request_id,
+            status=status,
+            completed_at=completed_at,
+            processing_duration_ms=int((completed_at - started_at).total_seconds() * 1000),
+            processed=data.total,
+            successful=data.successful,
+            failed=data.failed,
+        )
+        return BatchSummary(data.reference.batch_id, status, data.total, data.successful, data.failed)
+
+    def all(self) -> list[object]:
+        return [
+            self.fetch_and_process_batch_memories,
+            self.send_batch_webhook,
+            self.mark_batch_processing,
+            self.process_memory,
+            self.finalize_batch,
+        ]

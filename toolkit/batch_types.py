@@ -1,0 +1,100 @@
+"""The small values that travel through Temporal. References and counts only: no credential, no content.
+
+The legacy types (``LegacyBatchInput``, ``ShrunkBatchData``) are the exception on purpose: they carry
+memories the way the old path did, so the baseline measures the real thing. They still carry no
+credential.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BatchReference:
+    """The new path's whole workflow input: ``{"request_id", "batch_id"}``, well under 100 bytes."""
+
+    request_id: str
+    batch_id: str
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    batch_id: str
+    status: str
+    total: int
+    successful: int
+    failed: int
+    webhook_sent: bool = False
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Heartbeat details: every memory below ``next`` is written; ``ok``/``failed`` count those."""
+
+    next: int = 0
+    ok: int = 0
+    failed: int = 0
+
+    @classmethod
+    def from_details(cls, details: Any) -> Checkpoint | None:
+        if not details:
+            return None
+        raw = details[0]
+        if isinstance(raw, dict):
+            return cls(int(raw.get("next", 0)), int(raw.get("ok", 0)), int(raw.get("failed", 0)))
+        return None
+
+    def as_details(self) -> dict[str, int]:
+        return {"next": self.next, "ok": self.ok, "failed": self.failed}
+
+
+@dataclass(frozen=True)
+class WebhookOutcome:
+    delivered: bool
+    attempts: int = 0
+    skipped_reason: str | None = None
+
+
+# ---- legacy path ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchContext:
+    """What the old path copied next to every memory (minus the credentials it used to copy too)."""
+
+    request_id: str
+    batch_id: str
+    user_id: str
+    organization_id: str | None = None
+    namespace_id: str | None = None
+    workspace_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LegacyBatchInput:
+    context: BatchContext
+    memories: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ShrunkBatchData:
+    """One memory plus a copy of the batch context: the per-activity input of the legacy path."""
+
+    context: BatchContext
+    index: int
+    memory: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MemoryResult:
+    index: int
+    ok: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LegacyFinalizeInput:
+    reference: BatchReference
+    total: int
+    successful: int
+    failed: int

@@ -1,0 +1,68 @@
+"""Starting batch workflows: the reference path and its legacy twin. Workflow id ``batch-<batch_id>``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
+
+from toolkit.batch_types import BatchContext, BatchReference, LegacyBatchInput
+from toolkit.parse import ParseClient
+from toolkit.parse import batch_requests as store
+from toolkit.parse.models import MemoryItem
+from toolkit.settings import Settings
+from toolkit.workflows import LEGACY_WORKFLOW, NEW_WORKFLOW
+
+
+def workflow_id_for(batch_id: str) -> str:
+    return f"batch-{batch_id}"
+
+
+async def start_batch_workflow_with_reference(
+    temporal: Client, parse: ParseClient, settings: Settings, *, request_id: str, batch_id: str
+) -> str:
+    """Start the new path with only ``{"request_id", "batch_id"}`` as input; record the ids on the request."""
+    handle = await temporal.start_workflow(
+        NEW_WORKFLOW,
+        BatchReference(request_id=request_id, batch_id=batch_id),
+        id=workflow_id_for(batch_id),
+        task_queue=settings.temporal_task_queue,
+        # One batch, one workflow: a repeated start for the same batch is refused by the server.
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+    )
+    await store.record_workflow(parse, request_id, handle.id, handle.result_run_id or "")
+    return handle.id
+
+
+async def start_legacy_batch_workflow(
+    temporal: Client,
+    parse: ParseClient,
+    settings: Settings,
+    *,
+    request_id: str,
+    batch_id: str,
+    user_id: str,
+    memories: Sequence[MemoryItem],
+    organization_id: str | None = None,
+    namespace_id: str | None = None,
+    workspace_id: str | None = None,
+) -> str:
+    """Start the legacy path, whose input carries the whole batch (the baseline being replaced)."""
+    context = BatchContext(
+        request_id=request_id,
+        batch_id=batch_id,
+        user_id=user_id,
+        organization_id=organization_id,
+        namespace_id=namespace_id,
+        workspace_id=workspace_id,
+    )
+    handle = await temporal.start_workflow(
+        LEGACY_WORKFLOW,
+        LegacyBatchInput(context=context, memories=[m.model_dump(mode="json") for m in memories]),
+        id=workflow_id_for(batch_id),
+        task_queue=settings.temporal_task_queue,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+    )
+    await store.record_workflow(parse, request_id, handle.id, handle.result_run_id or "")
+    return handle.id
