@@ -1,0 +1,62 @@
+"""The API's error answers: one exception per status, each carrying the message the client sees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """An answer other than success. ``detail`` is what the client reads, so it names the cause."""
+
+    status_code = 500
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+
+
+class UnsupportedMediaType(ApiError):
+    status_code = 415
+
+
+class BatchNotFound(ApiError):
+    """Unknown batch, or another user's: the same answer for both, so existence never leaks."""
+
+    status_code = 404
+
+    def __init__(self) -> None:
+        super().__init__("batch not found")
+
+
+class IdempotencyConflict(ApiError):
+    status_code = 409
+
+
+class UpstreamRefused(ApiError):
+    """Parse or Temporal answered, but refused the operation (not an outage)."""
+
+    status_code = 502
+
+
+class ServiceUnavailable(ApiError):
+    """Parse or Temporal cannot be reached; retrying later (with the same Idempotency-Key) is safe."""
+
+    status_code = 503
+
+    def __init__(self, detail: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
+class RequestInvalid(ApiError):
+    """422 with field errors in the shape FastAPI uses: ``[{"type", "loc", "msg", "ctx"?}]``."""
+
+    status_code = 422
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("invalid request body")
+        self.errors = errors

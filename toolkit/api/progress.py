@@ -1,0 +1,63 @@
+"""A stored ``BatchMemoryRequest`` as the status endpoint shows it: counts, progress, an estimate."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from toolkit.api.schemas import BatchErrorOut, BatchStatusOut, Storage
+from toolkit.parse.models import FINISHED_STATUSES, BatchMemoryRequest
+
+# The status answer carries at most this many errors (the newest); error_count says how many exist.
+MAX_STATUS_ERRORS = 100
+
+
+def storage_of(request: BatchMemoryRequest) -> Storage:
+    if request.batch_metadata is not None:
+        return request.batch_metadata.storage
+    # Requests stored before batchMetadata.storage existed: only the reference path uploads a file.
+    return "reference" if request.batch_data_file is not None else "legacy"
+
+
+def progress_percent(processed: int, total: int) -> float:
+    if total <= 0:
+        return 0.0
+    return round(min(100.0, 100.0 * processed / total), 1)
+
+
+def estimate_completion(request: BatchMemoryRequest, now: datetime) -> datetime | None:
+    """Finished: when it finished. Processing: now + remaining / (processed / elapsed). Else unknown."""
+    if request.status in FINISHED_STATUSES:
+        return request.completed_at
+    processed, total = request.processed_count, request.total_memories
+    if request.status != "processing" or request.started_at is None or not 0 < processed < total:
+        return None
+    elapsed_s = (now - request.started_at).total_seconds()
+    if elapsed_s <= 0:
+        return None
+    rate = processed / elapsed_s
+    return now + timedelta(seconds=(total - processed) / rate)
+
+
+def status_from_request(request: BatchMemoryRequest, now: datetime) -> BatchStatusOut:
+    # Newest first by timestamp, keep MAX_STATUS_ERRORS, then show them in memory order.
+    newest = sorted(request.errors, key=lambda e: (e.timestamp, e.index), reverse=True)[:MAX_STATUS_ERRORS]
+    errors = [
+        BatchErrorOut(index=e.index, error=e.error)
+        for e in sorted(newest, key=lambda e: (e.index, e.timestamp))
+    ]
+    return BatchStatusOut(
+        batch_id=request.batch_id,
+        status=request.status,
+        storage=storage_of(request),
+        total_memories=request.total_memories,
+        processed=request.processed_count,
+        successful=request.success_count,
+        failed=request.fail_count,
+        progress_percent=progress_percent(request.processed_count, request.total_memories),
+        started_at=request.started_at,
+        completed_at=request.completed_at,
+        estimated_completion=estimate_completion(request, now),
+        errors=errors,
+        error_count=len(request.errors),
+        webhook_sent=request.webhook_sent,
+    )
