@@ -1,3 +1,3 @@
-"""Batch Memory Toolkit: claim-check batch storage on Parse for Temporal workflows, and the tools to prove it."""
+"""Batch Memory Toolkit: claim-check batch storage on Parse for Temporal, and the tools to prove it."""
 
 __version__ = "0.1.0"

@@ -66,6 +66,36 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     return run_main_job(settings)
 
 
+def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit.submit import submit_command
+
+    return submit_command(args, settings)
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit.submit import status_command
+
+    return status_command(args, settings)
+
+
+def _rollout(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit.api.rollout import rollout_command
+
+    return rollout_command(args, settings)
+
+
+def _cleanup(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit.parse.cleanup import cleanup_command
+
+    return cleanup_command(args, settings)
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit.bench import bench_command
+
+    return bench_command(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolkit", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -85,6 +115,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=_api)
+
+    p = sub.add_parser("submit", help="submit a batch through the API as the local user")
+    p.add_argument("--memories", type=int, required=True, help="how many memories")
+    p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
+    p.add_argument("--wait", action="store_true", help="show progress until the batch finishes")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait with --wait")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--webhook-url")
+    p.set_defaults(func=_submit)
+
+    p = sub.add_parser("status", help="show a batch's status (local user)")
+    p.add_argument("batch_id")
+    p.add_argument("--wait", action="store_true", help="show progress until the batch finishes")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("rollout", help="show or change the live rollout flags (Parse Config)")
+    p.add_argument("action", choices=["status", "set", "on", "off"])
+    p.add_argument("--percent", type=int, help="canary percent 0-100 (required for set, optional for on)")
+    p.add_argument("--user", action="append", help="also show this user id's bucket and path")
+    p.set_defaults(func=_rollout)
+
+    p = sub.add_parser("cleanup", help="delete batch files of finished requests, and orphan files")
+    p.add_argument(
+        "--older-than",
+        type=float,
+        required=True,
+        metavar="DAYS",
+        help="only requests completed more than DAYS ago (0 = every finished request)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print what would be deleted; delete nothing")
+    p.set_defaults(func=_cleanup)
+
+    p = sub.add_parser("bench", help="both paths against a direct-write baseline, measured in one run")
+    p.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
+    p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
+    p.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("worker", help="run a Temporal worker for the batch workflows")
     p.add_argument("--ready-file", help="write the pid here once connected (used by the stack)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -99,8 +99,10 @@ class Settings:
     webhook_allow_private: bool = False
     cleanup_policy: str = "never"  # "never", "on_completion" or "after_days"
     cleanup_after_days: int = 7
-
-    extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+    webhook_max_attempts: int = 5
+    webhook_backoff_s: float = 1.0
+    webhook_timeout_s: float = 10.0
+    worker_max_concurrent_activities: int = 50
 
     # Derived URLs -------------------------------------------------------------------------
     @property
@@ -164,7 +166,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
 
     values: dict[str, object] = {"stack_dir": stack_dir}
     for f in fields(Settings):
-        if f.name in {"stack_dir", "extra"}:
+        if f.name == "stack_dir":
             continue
         raw = merged.get(f.name.upper())
         if raw is None or raw == "":

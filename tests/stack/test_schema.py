@@ -18,19 +18,40 @@ async def test_batch_memory_request_schema_matches_design(parse: ParseClient) ->
     live = await parse.request("GET", "schemas/BatchMemoryRequest", master=True)
     fields = live["fields"]
     expected_types = {
-        "batchId": "String", "requestId": "String", "batchDataFile": "File", "batchMetadata": "Object",
-        "status": "String", "totalMemories": "Number", "processedCount": "Number", "successCount": "Number",
-        "failCount": "Number", "errors": "Array", "workflowId": "String", "workflowRunId": "String",
-        "webhookUrl": "String", "webhookSecret": "String", "webhookSent": "Boolean", "startedAt": "Date",
-        "completedAt": "Date", "processingDurationMs": "Number",
+        "batchId": "String",
+        "requestId": "String",
+        "batchDataFile": "File",
+        "batchMetadata": "Object",
+        "status": "String",
+        "totalMemories": "Number",
+        "processedCount": "Number",
+        "successCount": "Number",
+        "failCount": "Number",
+        "errors": "Array",
+        "workflowId": "String",
+        "workflowRunId": "String",
+        "webhookUrl": "String",
+        "webhookSecret": "String",
+        "webhookSent": "Boolean",
+        "startedAt": "Date",
+        "completedAt": "Date",
+        "processingDurationMs": "Number",
     }
     for name, type_ in expected_types.items():
         assert fields[name]["type"] == type_, name
-    for name, target in {"organization": "Organization", "namespace": "Namespace", "user": "_User",
-                         "workspace": "WorkSpace"}.items():
+    for name, target in {
+        "organization": "Organization",
+        "namespace": "Namespace",
+        "user": "_User",
+        "workspace": "WorkSpace",
+    }.items():
         assert fields[name] == {"type": "Pointer", "targetClass": target}
-    for index in ("BatchMemoryRequest_batchId", "BatchMemoryRequest_org_namespace",
-                  "BatchMemoryRequest_user_status", "BatchMemoryRequest_status_createdAt"):
+    for index in (
+        "BatchMemoryRequest_batchId",
+        "BatchMemoryRequest_org_namespace",
+        "BatchMemoryRequest_user_status",
+        "BatchMemoryRequest_status_createdAt",
+    ):
         assert index in live["indexes"], index
     clp = live["classLevelPermissions"]
     for op in ("find", "get", "count", "create", "update", "delete"):
@@ -52,9 +73,22 @@ async def test_postgres_indexes_exist(parse: ParseClient, settings: Settings) ->
     from toolkit.stack.postgres import bin_dir
 
     out = subprocess.run(
-        [str(bin_dir() / "psql"), "-h", settings.bind_host, "-p", str(settings.postgres_port), "-U", "postgres",
-         "-d", "parse", "-tAc", "SELECT indexname FROM pg_indexes WHERE tablename = 'BatchMemoryRequest'"],
-        capture_output=True, text=True, check=True,
+        [
+            str(bin_dir() / "psql"),
+            "-h",
+            settings.bind_host,
+            "-p",
+            str(settings.postgres_port),
+            "-U",
+            "postgres",
+            "-d",
+            "parse",
+            "-tAc",
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'BatchMemoryRequest'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     for index in SCHEMAS["BatchMemoryRequest"]["indexes"]:
         assert index in out
@@ -70,7 +104,9 @@ async def test_rollout_flags_are_master_key_only(parse: ParseClient, settings: S
 
 
 def _request(settings: Settings, method: str, headers: dict[str, str], json: object = None) -> httpx.Response:
-    return httpx.request(method, f"{settings.parse_url}/classes/BatchMemoryRequest", headers=headers, json=json)
+    return httpx.request(
+        method, f"{settings.parse_url}/classes/BatchMemoryRequest", headers=headers, json=json
+    )
 
 
 def test_anonymous_and_rest_key_only_requests_are_refused(settings: Settings, unique: str) -> None:

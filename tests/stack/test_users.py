@@ -7,6 +7,9 @@ async def test_users_get_sessions_and_org_roles(parse: ParseClient, user: ParseU
     me = await parse.request("GET", "users/me", session_token=user.session_token)
     assert me["objectId"] == user.object_id
     name = await add_to_org_role(parse, unique, [user.object_id])
-    roles = await parse.find("_Role", {"name": name, "users": {"__type": "Pointer", "className": "_User",
-                                                               "objectId": user.object_id}}, master=True)
+    roles = await parse.find(
+        "_Role",
+        {"name": name, "users": {"__type": "Pointer", "className": "_User", "objectId": user.object_id}},
+        master=True,
+    )
     assert len(roles) == 1

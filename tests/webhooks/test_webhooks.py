@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
-from toolkit.testing.webhook_receiver import Reply, WebhookReceiver, running_receiver
 
+from toolkit.testing.webhook_receiver import Reply, WebhookReceiver, running_receiver
 from toolkit.webhooks import (
     SIGNATURE_HEADER,
     DeliveryResult,

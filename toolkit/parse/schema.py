@@ -126,7 +126,9 @@ def _clp_differs(live: dict[str, Any], wanted: dict[str, Any]) -> bool:
 async def _migrate_class(client: ParseClient, class_name: str, spec: dict[str, Any]) -> list[str]:
     live = await _get_schema(client, class_name)
     if live is None:
-        await client.request("POST", f"schemas/{class_name}", json_body={"className": class_name, **spec}, master=True)
+        await client.request(
+            "POST", f"schemas/{class_name}", json_body={"className": class_name, **spec}, master=True
+        )
         return [f"created class {class_name}"]
     changes: list[str] = []
     body: dict[str, Any] = {}
@@ -143,7 +145,9 @@ async def _migrate_class(client: ParseClient, class_name: str, spec: dict[str, A
         body["classLevelPermissions"] = spec["classLevelPermissions"]
         changes.append(f"{class_name}: class-level permissions set")
     if body:
-        await client.request("PUT", f"schemas/{class_name}", json_body={"className": class_name, **body}, master=True)
+        await client.request(
+            "PUT", f"schemas/{class_name}", json_body={"className": class_name, **body}, master=True
+        )
     return changes
 
 
@@ -173,8 +177,10 @@ async def _migrate_config(client: ParseClient, defaults: dict[str, Any]) -> list
     await client.request(
         "PUT",
         "config",
-        json_body={"params": {**{k: params[k] for k in unprotected if k in params}, **missing},
-                   "masterKeyOnly": {k: True for k in defaults}},
+        json_body={
+            "params": {**{k: params[k] for k in unprotected if k in params}, **missing},
+            "masterKeyOnly": {k: True for k in defaults},
+        },
         master=True,
     )
     changes = [f"config: added {k}={v}" for k, v in missing.items()]

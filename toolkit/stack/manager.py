@@ -67,7 +67,9 @@ def write_stack_env(settings: Settings) -> None:
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"{key}={value}" for key, value in settings.stack_env().items()]
     path = settings.stack_env_file
-    path.write_text("# Written by `toolkit stack up`. Environment variables override these.\n" + "\n".join(lines) + "\n")
+    path.write_text(
+        "# Written by `toolkit stack up`. Environment variables override these.\n" + "\n".join(lines) + "\n"
+    )
     path.chmod(0o600)  # it holds the master key
 
 

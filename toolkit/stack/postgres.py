@@ -72,7 +72,17 @@ class Postgres:
 
     def healthy(self) -> bool:
         result = subprocess.run(
-            [str(bin_dir() / "pg_isready"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-t", "2"],
+            [
+                str(bin_dir() / "pg_isready"),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-t",
+                "2",
+            ],
             capture_output=True,
         )
         return result.returncode == 0
@@ -90,14 +100,35 @@ class Postgres:
             _prepare_for_unprivileged_user([self.root, self.log_file, bin_dir().parent])
         if not (self.data_dir / "PG_VERSION").exists():
             self._run(
-                [str(bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "-A", "trust",
-                 "-E", "UTF8", "--locale=C"],
+                [
+                    str(bin_dir() / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ],
                 "initdb",
             )
         options = f"-h {self.host} -p {self.port} -k {self.socket_dir}"
         self._run(
-            [str(bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-o", options,
-             "-w", "-t", "60", "start"],
+            [
+                str(bin_dir() / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
             "pg_ctl start",
         )
         postmaster_pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
@@ -113,7 +144,16 @@ class Postgres:
         )
         if exists.stdout.strip() != "1":
             self._run(
-                [str(bin_dir() / "createdb"), "-h", self.host, "-p", str(self.port), "-U", "postgres", DATABASE],
+                [
+                    str(bin_dir() / "createdb"),
+                    "-h",
+                    self.host,
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    DATABASE,
+                ],
                 "createdb",
             )
 

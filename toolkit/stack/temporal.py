@@ -66,15 +66,24 @@ class TemporalServer:
                 )
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
         argv = [
-            temporal_binary(), "server", "start-dev",
-            "--ip", self.host,
-            "--port", str(self.port),
-            "--ui-port", str(self.ui_port),
-            "--db-filename", str(self.db_file),
+            temporal_binary(),
+            "server",
+            "start-dev",
+            "--ip",
+            self.host,
+            "--port",
+            str(self.port),
+            "--ui-port",
+            str(self.ui_port),
+            "--db-filename",
+            str(self.db_file),
             "--ui-disable-news-fetch",
-            "--log-level", "warn",
+            "--log-level",
+            "warn",
         ]
         if self.settings.temporal_namespace != "default":
             argv += ["--namespace", self.settings.temporal_namespace]
         pid = spawn(argv, log_file=self.log_file, pid_file=self.pid_file)
-        wait_until(self.healthy, timeout_s=60, part=self.name, log_file=self.log_file, pid=pid, interval_s=0.5)
+        wait_until(
+            self.healthy, timeout_s=60, part=self.name, log_file=self.log_file, pid=pid, interval_s=0.5
+        )

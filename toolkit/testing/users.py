@@ -42,7 +42,10 @@ async def add_to_org_role(client: ParseClient, organization_id: str, user_ids: l
     existing = await client.find("_Role", {"name": name}, limit=1, master=True)
     if existing:
         await client.update_object(
-            "_Role", existing[0]["objectId"], {"users": {"__op": "AddRelation", "objects": users}}, master=True
+            "_Role",
+            existing[0]["objectId"],
+            {"users": {"__op": "AddRelation", "objects": users}},
+            master=True,
         )
     else:
         await client.create_object(
