@@ -9,6 +9,12 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import httpx
+
+if TYPE_CHECKING:
+    from toolkit.settings import Settings
 
 
 class StackError(Exception):
@@ -136,3 +142,46 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def http_ok(url: str, predicate: Callable[[httpx.Response], bool] | None = None) -> bool:
+    """True when ``url`` answers 2xx (and ``predicate`` accepts the response) within 2 s."""
+    try:
+        response = httpx.get(url, timeout=2.0)
+    except httpx.HTTPError:
+        return False
+    return response.is_success and (predicate is None or predicate(response))
+
+
+class StackPart:
+    """What every part of the stack shares: its pid file, its log, and a refusal of taken ports."""
+
+    name: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.host = settings.bind_host
+        self.log_file = settings.stack_dir / "logs" / f"{self.name}.log"
+        self.pid_file = settings.stack_dir / "pids" / f"{self.name}.pid"
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def pid(self) -> int | None:
+        return read_pid(self.pid_file)
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def refuse_taken_ports(self, ports: Mapping[str, int]) -> None:
+        """``ports`` maps the variable that sets a port to the port; fail naming both when one is taken."""
+        for variable, port in ports.items():
+            if port_in_use(self.host, port):
+                raise StackError(
+                    f"{self.name}: port {port} on {self.host} is already in use by another process; "
+                    f"set {variable} to choose another"
+                )

@@ -7,28 +7,13 @@ import secrets
 import signal
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 from toolkit.settings import Settings
-from toolkit.stack._process import StackError, stop_pid
+from toolkit.stack._process import StackError, StackPart, stop_pid
 from toolkit.stack.parse_server import ParseServer
 from toolkit.stack.postgres import Postgres
 from toolkit.stack.services import ApiServer, Worker
 from toolkit.stack.temporal import TemporalServer
-
-
-class Part(Protocol):
-    name: str
-    log_file: object
-
-    @property
-    def url(self) -> str: ...
-
-    def pid(self) -> int | None: ...
-
-    def healthy(self) -> bool: ...
-
-    def start(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -49,16 +34,16 @@ def with_local_secrets(settings: Settings) -> Settings:
     return dataclasses.replace(settings, **changes)
 
 
-def servers(settings: Settings) -> list[Part]:
+def servers(settings: Settings) -> list[StackPart]:
     postgres = Postgres(settings)
     return [postgres, ParseServer(settings, postgres.url), TemporalServer(settings)]
 
 
-def processes(settings: Settings) -> list[Part]:
+def processes(settings: Settings) -> list[StackPart]:
     return [ApiServer(settings), Worker(settings)]
 
 
-def parts(settings: Settings) -> list[Part]:
+def parts(settings: Settings) -> list[StackPart]:
     """The stack's parts in start order (stopped in reverse)."""
     return servers(settings) + processes(settings)
 
@@ -89,7 +74,7 @@ def up(settings: Settings, *, echo=print) -> Settings:
     return settings
 
 
-def _ensure_running(part: Part, echo) -> None:
+def _ensure_running(part: StackPart, echo) -> None:
     pid = part.pid()
     if pid is not None and part.healthy():
         echo(f"{part.name:<9} already running (pid {pid})  {part.url}")

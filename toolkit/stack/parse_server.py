@@ -8,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
-
 from toolkit.settings import REPO_ROOT, Settings
-from toolkit.stack._process import StackError, port_in_use, read_pid, spawn, wait_until
+from toolkit.stack._process import StackError, StackPart, http_ok, spawn, wait_until
 
 PACKAGE_DIR = REPO_ROOT / "parse-server"
 
@@ -56,38 +54,24 @@ def ensure_installed(log_file: Path) -> None:
         raise StackError(f"parse: npm ci failed (exit {result.returncode}); see {log_file}")
 
 
-class ParseServer:
+class ParseServer(StackPart):
     name = "parse"
 
     def __init__(self, settings: Settings, database_uri: str) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.database_uri = database_uri
         self.workdir = settings.stack_dir / "parse"
-        self.log_file = settings.stack_dir / "logs" / "parse.log"
-        self.pid_file = settings.stack_dir / "pids" / "parse.pid"
         self.port = settings.parse_port
-        self.host = settings.bind_host
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/parse"
 
-    def pid(self) -> int | None:
-        return read_pid(self.pid_file)
-
     def healthy(self) -> bool:
-        try:
-            response = httpx.get(f"{self.url}/health", timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200 and response.json().get("status") == "ok"
+        return http_ok(f"{self.url}/health", lambda response: response.json().get("status") == "ok")
 
     def start(self) -> None:
-        if port_in_use(self.host, self.port):
-            raise StackError(
-                f"parse: port {self.port} on {self.host} is already in use by another process; "
-                "set PARSE_PORT to choose another"
-            )
+        self.refuse_taken_ports({"PARSE_PORT": self.port})
         ensure_installed(self.log_file)
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {

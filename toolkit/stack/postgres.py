@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from toolkit.settings import Settings
-from toolkit.stack._process import StackError, port_in_use, read_pid, wait_until
+from toolkit.stack._process import StackError, StackPart, wait_until
 
 PG_USER = "toolkitpg"
 DATABASE = "parse"
@@ -50,25 +50,19 @@ def _prepare_for_unprivileged_user(paths: list[Path]) -> None:
                 os.chmod(parent, mode | 0o001)
 
 
-class Postgres:
+class Postgres(StackPart):
     name = "postgres"
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.root = settings.stack_dir / "postgres"
         self.data_dir = self.root / "data"
         self.socket_dir = self.root / "run"
-        self.log_file = settings.stack_dir / "logs" / "postgres.log"
-        self.pid_file = settings.stack_dir / "pids" / "postgres.pid"
         self.port = settings.postgres_port
-        self.host = settings.bind_host
 
     @property
     def url(self) -> str:
         return f"postgres://postgres@{self.host}:{self.port}/{DATABASE}"
-
-    def pid(self) -> int | None:
-        return read_pid(self.pid_file)
 
     def healthy(self) -> bool:
         result = subprocess.run(
@@ -88,11 +82,7 @@ class Postgres:
         return result.returncode == 0
 
     def start(self) -> None:
-        if port_in_use(self.host, self.port):
-            raise StackError(
-                f"postgres: port {self.port} on {self.host} is already in use by another process; "
-                "set POSTGRES_PORT to choose another"
-            )
+        self.refuse_taken_ports({"POSTGRES_PORT": self.port})
         for path in (self.root, self.socket_dir, self.log_file.parent):
             path.mkdir(parents=True, exist_ok=True)
         self.log_file.touch()

@@ -5,45 +5,30 @@ from __future__ import annotations
 import os
 import sys
 
-import httpx
-
 from toolkit.settings import Settings
-from toolkit.stack._process import StackError, port_in_use, read_pid, spawn, wait_until
+from toolkit.stack._process import StackPart, http_ok, spawn, wait_until
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, "TOOLKIT_STACK_DIR": str(settings.stack_dir), "PYTHONUNBUFFERED": "1"}
 
 
-class ApiServer:
+class ApiServer(StackPart):
     name = "api"
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.log_file = settings.stack_dir / "logs" / "api.log"
-        self.pid_file = settings.stack_dir / "pids" / "api.pid"
-        self.host = settings.bind_host
+        super().__init__(settings)
         self.port = settings.api_port
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def pid(self) -> int | None:
-        return read_pid(self.pid_file)
-
     def healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return http_ok(f"{self.url}/healthz")
 
     def start(self) -> None:
-        if port_in_use(self.host, self.port):
-            raise StackError(
-                f"api: port {self.port} on {self.host} is already in use by another process; "
-                "set API_PORT to choose another"
-            )
+        self.refuse_taken_ports({"API_PORT": self.port})
         pid = spawn(
             [sys.executable, "-m", "toolkit", "api", "--host", self.host, "--port", str(self.port)],
             log_file=self.log_file,
@@ -53,23 +38,18 @@ class ApiServer:
         wait_until(self.healthy, timeout_s=60, part=self.name, log_file=self.log_file, pid=pid)
 
 
-class Worker:
+class Worker(StackPart):
     """A worker is healthy once it has written its ready file (after connecting to Temporal)."""
 
     name = "worker"
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.log_file = settings.stack_dir / "logs" / "worker.log"
-        self.pid_file = settings.stack_dir / "pids" / "worker.pid"
+        super().__init__(settings)
         self.ready_file = settings.stack_dir / "run" / "worker.ready"
 
     @property
     def url(self) -> str:
         return f"task queue {self.settings.temporal_task_queue}"
-
-    def pid(self) -> int | None:
-        return read_pid(self.pid_file)
 
     def healthy(self) -> bool:
         pid = self.pid()

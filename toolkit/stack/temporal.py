@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from toolkit.settings import Settings
-from toolkit.stack._process import StackError, port_in_use, read_pid, spawn, wait_until
+from toolkit.stack._process import StackError, StackPart, spawn, wait_until
 
 
 def temporal_binary() -> str:
@@ -31,15 +31,12 @@ async def _check_health(address: str, namespace: str) -> bool:
         return False
 
 
-class TemporalServer:
+class TemporalServer(StackPart):
     name = "temporal"
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.db_file = settings.stack_dir / "temporal" / "temporal.db"
-        self.log_file = settings.stack_dir / "logs" / "temporal.log"
-        self.pid_file = settings.stack_dir / "pids" / "temporal.pid"
-        self.host = settings.bind_host
         self.port = settings.temporal_port
         self.ui_port = settings.temporal_ui_port
 
@@ -51,19 +48,11 @@ class TemporalServer:
     def ui_url(self) -> str:
         return f"http://{self.host}:{self.ui_port}"
 
-    def pid(self) -> int | None:
-        return read_pid(self.pid_file)
-
     def healthy(self) -> bool:
         return asyncio.run(_check_health(self.url, self.settings.temporal_namespace))
 
     def start(self) -> None:
-        for port in (self.port, self.ui_port):
-            if port_in_use(self.host, port):
-                raise StackError(
-                    f"temporal: port {port} on {self.host} is already in use by another process; "
-                    "set TEMPORAL_PORT / TEMPORAL_UI_PORT to choose others"
-                )
+        self.refuse_taken_ports({"TEMPORAL_PORT": self.port, "TEMPORAL_UI_PORT": self.ui_port})
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
         argv = [
             temporal_binary(),
