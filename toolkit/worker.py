@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
@@ -32,6 +33,9 @@ def build_worker(
         workflows=[ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow],
         activities=activities.all(),
         max_concurrent_activities=settings.worker_max_concurrent_activities,
+        # The SDK otherwise sends heartbeats only every 0.8 x heartbeat_timeout (16 s here), so a retry
+        # would resume from a checkpoint that old. One a second keeps the resume point fresh.
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -27,7 +28,7 @@ def start_worker_process(settings: Settings, tmp_path: Path, name: str) -> tuple
         "TOOLKIT_STACK_DIR": str(settings.stack_dir),
         "TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
         # Small, serial chunks so the batch takes long enough to be killed in the middle.
-        "WRITER_BATCH_SIZE": "20",
+        "WRITER_BATCH_SIZE": "5",
         "WRITER_CONCURRENCY": "1",
     }
     proc = subprocess.Popen(
@@ -63,12 +64,20 @@ async def test_killed_worker_resumes_from_checkpoint_without_loss_or_duplicates(
         temporal, parse, worker_settings, user, synthetic_memories(2000, content_bytes=300)
     )
 
-    async def some_written() -> bool:
-        return await count_memories(parse, batch.batch_id) >= 300
+    async def checkpoint_on_server() -> int:
+        description = await batch.handle.describe()
+        for pending in description.raw_description.pending_activities:
+            if pending.heartbeat_details.payloads:
+                return json.loads(pending.heartbeat_details.payloads[0].data)["next"]
+        return 0
 
-    await wait_for(some_written, 60, "300 memories written")
+    async def checkpoint_past_200() -> bool:
+        return await checkpoint_on_server() >= 200
+
+    await wait_for(checkpoint_past_200, 60, "a checkpoint past memory 200 on the server")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
+    checkpoint_at_kill = await checkpoint_on_server()
     written_at_kill = await count_memories(parse, batch.batch_id)
     assert 0 < written_at_kill < 2000, "the kill must land in the middle of the batch"
 
@@ -92,5 +101,9 @@ async def test_killed_worker_resumes_from_checkpoint_without_loss_or_duplicates(
     resumed = [line for line in log_text.splitlines() if "resumes at memory" in line]
     assert resumed, f"the retry did not resume from a checkpoint:\n{log_text[-2000:]}"
     resumed_at = int(resumed[0].rsplit(" ", 1)[1])
-    assert 0 < resumed_at <= written_at_kill
-    print(f"killed with {written_at_kill} memories written; retry resumed at memory {resumed_at}")
+    # The retry starts from the checkpoint the server held, never from 0 and never past what was written.
+    assert checkpoint_at_kill <= resumed_at <= written_at_kill
+    print(
+        f"killed with {written_at_kill} memories written, server checkpoint {checkpoint_at_kill}; "
+        f"retry resumed at memory {resumed_at}"
+    )
