@@ -15,6 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from toolkit.batch_types import (
+    BatchFailure,
     BatchReference,
     BatchSummary,
     Checkpoint,
@@ -113,8 +114,9 @@ class BatchActivities:
                 self.parse, self.settings, reference.request_id
             )
         except store.BatchFileError as exc:
-            await self._fail_request(reference.request_id, f"batch file unusable: {exc}")
-            raise ApplicationError(str(exc), type="CorruptBatchFile", non_retryable=True) from exc
+            # The workflow marks the request failed and notifies; the message holds no content.
+            message = f"batch file unusable: {exc}"
+            raise ApplicationError(message, type="CorruptBatchFile", non_retryable=True) from exc
         if request is None:
             raise ApplicationError(
                 f"BatchMemoryRequest {reference.request_id} not found",
@@ -154,18 +156,13 @@ class BatchActivities:
         heartbeat_task = asyncio.create_task(self._heartbeat_loop(progress))
 
         async def on_chunk_done(outcomes: list[WriteOutcome]) -> None:
+            # Errors before the checkpoint moves past them, so a retry never skips an unrecorded one
+            # (a retry may record one twice; readers keep one entry per index).
+            await self._record_errors(
+                reference.request_id, [(o.index, o.error) for o in outcomes if not o.ok]
+            )
             progress.record(outcomes)
             activity.heartbeat(progress.checkpoint.as_details())
-            failures = [o for o in outcomes if not o.ok]
-            if failures:
-                await store.append_batch_request_errors(
-                    self.parse,
-                    reference.request_id,
-                    [
-                        BatchError(index=o.index, error=o.error or "unknown error", timestamp=_now())
-                        for o in failures
-                    ],
-                )
             if progress.report_due():
                 await self._write_progress(reference.request_id, progress)
 
@@ -208,13 +205,17 @@ class BatchActivities:
         )
         progress.mark_reported()
 
-    async def _fail_request(self, request_id: str, reason: str) -> None:
-        await store.append_batch_request_errors(
-            self.parse, request_id, [BatchError(index=-1, error=reason, timestamp=_now())]
-        )
-        await store.update_batch_request_completion(
-            self.parse, request_id, status="failed", completed_at=_now(), processing_duration_ms=0
-        )
+    async def _record_errors(self, request_id: str, failures: list[tuple[int, str | None]]) -> None:
+        if failures:
+            now = _now()
+            await store.append_batch_request_errors(
+                self.parse,
+                request_id,
+                [
+                    BatchError(index=index, error=error or "unknown error", timestamp=now)
+                    for index, error in failures
+                ],
+            )
 
     @staticmethod
     def _summary(request: BatchMemoryRequest) -> BatchSummary:
@@ -267,6 +268,31 @@ class BatchActivities:
             )
         return WebhookOutcome(result.delivered, result.attempts)
 
+    @activity.defn(name="mark_batch_failed")
+    async def mark_batch_failed(self, failure: BatchFailure) -> BatchSummary:
+        """Record an unrecoverable failure; a request that already finished is left as it is."""
+        request_id = failure.reference.request_id
+        request = await store.fetch_batch_memory_request_from_parse(
+            self.parse, self.settings, request_id, with_memories=False
+        )
+        if request is None:
+            return BatchSummary(failure.reference.batch_id, "failed", 0, 0, 0)
+        if request.status in FINISHED_STATUSES:
+            return self._summary(request)
+        await self._record_errors(request_id, [(-1, failure.reason)])
+        completed_at = _now()
+        started_at = request.started_at or completed_at
+        await store.update_batch_request_completion(
+            self.parse,
+            request_id,
+            status="failed",
+            completed_at=completed_at,
+            processing_duration_ms=int((completed_at - started_at).total_seconds() * 1000),
+        )
+        return BatchSummary(
+            request.batch_id, "failed", request.total_memories, request.success_count, request.fail_count
+        )
+
     # ---- the legacy path ------------------------------------------------------------------------------
     @activity.defn(name="mark_batch_processing")
     async def mark_batch_processing(self, reference: BatchReference) -> None:
@@ -289,11 +315,7 @@ class BatchActivities:
             await store.update_batch_request_progress(
                 self.parse, ctx.request_id, processed=1, successful=0, failed=1
             )
-            await store.append_batch_request_errors(
-                self.parse,
-                ctx.request_id,
-                [BatchError(index=data.index, error=outcome.error or "unknown error", timestamp=_now())],
-            )
+            await self._record_errors(ctx.request_id, [(data.index, outcome.error)])
         return MemoryResult(data.index, outcome.ok, outcome.error)
 
     @activity.defn(name="finalize_batch")
@@ -304,6 +326,7 @@ class BatchActivities:
         started_at = request.started_at if request and request.started_at else _now()
         completed_at = _now()
         status = final_status(data.total, data.failed)
+        await self._record_errors(data.reference.request_id, [(r.index, r.error) for r in data.lost])
         # Absolute counts from the workflow: per-memory increments can double-count retried activities.
         await store.update_batch_request_completion(
             self.parse,
@@ -324,4 +347,5 @@ class BatchActivities:
             self.mark_batch_processing,
             self.process_memory,
             self.finalize_batch,
+            self.mark_batch_failed,
         ]

@@ -51,6 +51,14 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class BatchFailure:
+    """Why a batch gave up; the message names ids and error types, never content."""
+
+    reference: BatchReference
+    reason: str
+
+
+@dataclass(frozen=True)
 class WebhookOutcome:
     delivered: bool
     attempts: int = 0
@@ -98,3 +106,5 @@ class LegacyFinalizeInput:
     total: int
     successful: int
     failed: int
+    # Memories whose activity gave up after its retries, so never recorded their own error.
+    lost: list[MemoryResult] = field(default_factory=list)

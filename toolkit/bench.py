@@ -12,10 +12,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from temporalio.client import Client
+
 from toolkit.history import measure_history
 from toolkit.memory_writer import MemoryWriter, WriteContext
 from toolkit.parse import ParseClient
-from toolkit.parse.codec import encode_memories
+from toolkit.parse.codec import EncodedBatch, encode_memories
 from toolkit.parse.models import MemoryItem
 from toolkit.settings import Settings
 from toolkit.temporal_client import connect
@@ -38,6 +40,7 @@ class BenchRow:
     history_events: int | None = None
     raw_bytes: int | None = None
     compressed_bytes: int | None = None
+    error: str | None = None  # the path could not carry this batch (e.g. a Temporal limit)
 
 
 async def _baseline(
@@ -60,6 +63,7 @@ async def run_bench(
     workload: str = "chitchat",
     paths: Sequence[str] = ("reference", "legacy"),
     echo=print,
+    **workload_options: int,
 ) -> list[BenchRow]:
     """Run the baseline and each path for each size, on the stack's worker(s); return the rows."""
     temporal = await connect(settings)
@@ -67,7 +71,7 @@ async def run_bench(
     async with ParseClient(settings) as parse:
         user = await sign_up(parse)
         for size in sizes:
-            memories = make_memories(workload, size)
+            memories = make_memories(workload, size, **workload_options)
             encoded = encode_memories(memories, level=settings.gzip_level)
             seconds, ok = await _baseline(parse, settings, user, memories)
             base_rate = size / seconds
@@ -86,33 +90,64 @@ async def run_bench(
             )
             echo(_format(rows[-1]))
             for path in paths:
-                started = time.perf_counter()
-                batch = await submit_batch(temporal, parse, settings, user, memories, legacy=path == "legacy")
-                summary = await batch.result()
-                seconds = time.perf_counter() - started
-                figures = await measure_history(batch.handle)
-                rate = size / seconds
-                rows.append(
-                    BenchRow(
+                try:
+                    row = await _run_path(
+                        temporal, parse, settings, user, workload, memories, path, base_rate, encoded
+                    )
+                except Exception as exc:  # a Temporal limit on the legacy path is a result, not a crash
+                    row = BenchRow(
                         workload,
                         size,
                         path,
-                        seconds,
-                        rate,
-                        rate / base_rate,
-                        summary.successful / size,
-                        figures.input_bytes,
-                        figures.history_bytes,
-                        figures.history_events,
-                        encoded.raw_size,
-                        encoded.compressed_size if path == "reference" else None,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        error=f"{type(exc).__name__}: {str(exc)[:200]}",
                     )
-                )
+                rows.append(row)
                 echo(_format(rows[-1]))
     return rows
 
 
+async def _run_path(
+    temporal: Client,
+    parse: ParseClient,
+    settings: Settings,
+    user: ParseUser,
+    workload: str,
+    memories: Sequence[dict],
+    path: str,
+    base_rate: float,
+    encoded: EncodedBatch,
+) -> BenchRow:
+    """Submit ``memories`` on one path, wait for the result, and read the history figures."""
+    size = len(memories)
+    started = time.perf_counter()
+    batch = await submit_batch(temporal, parse, settings, user, memories, legacy=path == "legacy")
+    summary = await batch.result()
+    seconds = time.perf_counter() - started
+    figures = await measure_history(batch.handle)
+    rate = size / seconds
+    return BenchRow(
+        workload,
+        size,
+        path,
+        seconds,
+        rate,
+        rate / base_rate,
+        summary.successful / size,
+        figures.input_bytes,
+        figures.history_bytes,
+        figures.history_events,
+        encoded.raw_size,
+        encoded.compressed_size if path == "reference" else None,
+    )
+
+
 def _format(row: BenchRow) -> str:
+    if row.error:
+        return f"{row.workload:<9} {row.memories:>6} {row.path:<9} FAILED: {row.error}"
     history = (
         f"history {row.history_bytes:>9,} B {row.history_events:>5} ev" if row.history_bytes else " " * 29
     )

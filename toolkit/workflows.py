@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Iterable
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from toolkit.batch_types import (
+        BatchFailure,
         BatchReference,
         BatchSummary,
         LegacyBatchInput,
@@ -45,6 +48,12 @@ WEBHOOK_TIMEOUT = timedelta(minutes=10)
 WEBHOOK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_attempts=3)
 STEP_TIMEOUT = timedelta(minutes=2)
 STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=10)
+# Marking a batch failed must outlast the outage that failed it (e.g. Parse down for a while).
+FAILURE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=1), maximum_attempts=60
+)
+# Error text of a memory whose activity gave up after its retries.
+LOST_PREFIX = "activity failed: "
 
 # The legacy fan-out keeps at most this many per-memory activities in flight.
 LEGACY_WINDOW = 20
@@ -62,20 +71,47 @@ async def _with_webhook(reference: BatchReference, summary: BatchSummary) -> Bat
     return dataclasses.replace(summary, webhook_sent=webhook.delivered)
 
 
+async def _fail_and_notify(reference: BatchReference, error: ActivityError) -> None:
+    """After an unrecoverable failure: mark the request ``failed`` (unless it finished) and send the webhook.
+
+    Without this a batch whose processing gave up would stay ``processing`` forever and its owner would
+    never hear of it.
+    """
+    summary: BatchSummary = await workflow.execute_activity(
+        "mark_batch_failed",
+        BatchFailure(reference, _describe(error)),
+        result_type=BatchSummary,
+        start_to_close_timeout=STEP_TIMEOUT,
+        retry_policy=FAILURE_RETRY,
+    )
+    await _with_webhook(reference, summary)
+
+
+def _describe(error: ActivityError) -> str:
+    # Our activities' messages name ids and counts, never content; the length cap keeps history small.
+    cause = error.cause
+    kind = getattr(cause, "type", None) or type(cause).__name__
+    return f"{kind}: {cause}"[:500] if cause is not None else str(error)[:500]
+
+
 @workflow.defn(name=NEW_WORKFLOW)
 class ProcessBatchMemoryFromRequestWorkflow:
     """The claim-check path: the input is a reference; one activity fetches and processes the batch."""
 
     @workflow.run
     async def run(self, reference: BatchReference) -> BatchSummary:
-        summary: BatchSummary = await workflow.execute_activity(
-            "fetch_and_process_batch_memories",
-            reference,
-            result_type=BatchSummary,
-            start_to_close_timeout=PROCESS_TIMEOUT,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=PROCESS_RETRY,
-        )
+        try:
+            summary: BatchSummary = await workflow.execute_activity(
+                "fetch_and_process_batch_memories",
+                reference,
+                result_type=BatchSummary,
+                start_to_close_timeout=PROCESS_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=PROCESS_RETRY,
+            )
+        except ActivityError as error:
+            await _fail_and_notify(reference, error)
+            raise
         return await _with_webhook(reference, summary)
 
 
@@ -94,34 +130,55 @@ class ProcessBatchMemoryWorkflow:
     async def run(self, batch: LegacyBatchInput) -> BatchSummary:
         self._input = batch
         reference = BatchReference(batch.context.request_id, batch.context.batch_id)
-        await workflow.execute_activity(
-            "mark_batch_processing", reference, start_to_close_timeout=STEP_TIMEOUT, retry_policy=STEP_RETRY
-        )
-        results: list[MemoryResult] = []
-        pending: set[asyncio.Task[MemoryResult]] = set()
-        for idx in range(len(batch.memories)):
-            if len(pending) >= LEGACY_WINDOW:
-                done, still_running = await workflow.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                pending = set(still_running)
-                results.extend(task.result() for task in done)
-            pending.add(
-                workflow.start_activity(  # type: ignore[arg-type]
-                    "process_memory",
-                    self.build_shrunk_batch_data(idx),
-                    result_type=MemoryResult,
-                    start_to_close_timeout=STEP_TIMEOUT,
-                    retry_policy=STEP_RETRY,
-                )
+        try:
+            await workflow.execute_activity(
+                "mark_batch_processing",
+                reference,
+                start_to_close_timeout=STEP_TIMEOUT,
+                retry_policy=STEP_RETRY,
             )
-        if pending:
-            done, _ = await workflow.wait(pending)
-            results.extend(task.result() for task in done)
-        successful = sum(1 for r in results if r.ok)
-        summary: BatchSummary = await workflow.execute_activity(
-            "finalize_batch",
-            LegacyFinalizeInput(reference, len(batch.memories), successful, len(results) - successful),
-            result_type=BatchSummary,
-            start_to_close_timeout=STEP_TIMEOUT,
-            retry_policy=STEP_RETRY,
-        )
+            results = await self._fan_out(len(batch.memories))
+            successful = sum(1 for r in results if r.ok)
+            # Memories whose activity gave up never recorded their error themselves: finalize does.
+            lost = [r for r in results if not r.ok and r.error and r.error.startswith(LOST_PREFIX)]
+            summary: BatchSummary = await workflow.execute_activity(
+                "finalize_batch",
+                LegacyFinalizeInput(reference, len(results), successful, len(results) - successful, lost),
+                result_type=BatchSummary,
+                start_to_close_timeout=STEP_TIMEOUT,
+                retry_policy=STEP_RETRY,
+            )
+        except ActivityError as error:
+            await _fail_and_notify(reference, error)
+            raise
         return await _with_webhook(reference, summary)
+
+    async def _fan_out(self, count: int) -> list[MemoryResult]:
+        """One activity per memory, at most LEGACY_WINDOW in flight; results in index order."""
+        results: dict[int, MemoryResult] = {}
+        pending: dict[asyncio.Task[MemoryResult], int] = {}
+
+        def collect(done: Iterable[asyncio.Task[MemoryResult]]) -> None:
+            for task in done:
+                index = pending.pop(task)
+                try:
+                    results[index] = task.result()
+                except ActivityError as error:
+                    results[index] = MemoryResult(index, False, f"{LOST_PREFIX}{_describe(error)}")
+
+        for idx in range(count):
+            if len(pending) >= LEGACY_WINDOW:
+                done, _ = await workflow.wait(list(pending), return_when=asyncio.FIRST_COMPLETED)
+                collect(done)
+            task = workflow.start_activity(
+                "process_memory",
+                self.build_shrunk_batch_data(idx),
+                result_type=MemoryResult,
+                start_to_close_timeout=STEP_TIMEOUT,
+                retry_policy=STEP_RETRY,
+            )
+            pending[task] = idx  # type: ignore[index]
+        if pending:
+            done, _ = await workflow.wait(list(pending))
+            collect(done)
+        return [results[i] for i in range(count)]

@@ -143,7 +143,10 @@ def test_large_batch_decodes_across_many_chunks() -> None:
         (gzip.compress(b"[" * 100_000, mtime=0), "not valid JSON"),
         (gzip.compress(b"[]", mtime=0), "JSON object"),
         (gzip.compress(b'{"memories":[]}', mtime=0), "version"),
-        (gzip.compress(b'{"version":2,"memories":[]}', mtime=0), "version 2"),
+        (
+            gzip.compress(b'{"version":2,"memories":[]}', mtime=0),
+            r"unsupported batch file version \(expected 1\)",
+        ),
         (gzip.compress(b'{"version":1,"memories":{}}', mtime=0), '"memories" must be a list'),
         (gzip.compress(b'{"version":1}', mtime=0), '"memories" must be a list'),
         (gzip.compress(b'{"version":1,"memories":[{"content":"a"},"b"]}', mtime=0), "memory 1"),
@@ -152,6 +155,14 @@ def test_large_batch_decodes_across_many_chunks() -> None:
 def test_broken_files_are_corrupt(data: bytes, message: str) -> None:
     with pytest.raises(CorruptBatchFile, match=message):
         decode_memories(data, LIMIT)
+
+
+def test_file_values_are_never_quoted_in_errors() -> None:
+    # Error messages reach logs and the workflow history: they must not carry what the file holds.
+    data = gzip.compress(b'{"version":"my secret memory","memories":[]}', mtime=0)
+    with pytest.raises(CorruptBatchFile) as error:
+        decode_memories(data, LIMIT)
+    assert "secret" not in str(error.value)
 
 
 def test_truncated_file_is_corrupt_wherever_it_is_cut() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import uuid
 
 import pytest
@@ -15,6 +17,7 @@ from toolkit.parse.models import MemoryItem
 from toolkit.settings import Settings
 from toolkit.testing.batches import submit_batch
 from toolkit.testing.users import ParseUser
+from toolkit.testing.webhook_receiver import running_receiver
 from toolkit.workflows import NEW_WORKFLOW
 from toolkit.workloads import chitchat_memories
 
@@ -72,51 +75,88 @@ async def test_missing_request_fails_without_retrying(
     while getattr(cause, "cause", None) is not None:
         cause = cause.cause
     assert getattr(cause, "type", None) == "BatchRequestMissing"
-    assert await _activity_attempts(handle) == [1], "a missing request must not be retried"
+    assert await _activity_attempts(handle, "fetch_and_process_batch_memories") == [1], (
+        "a missing request must not be retried"
+    )
 
 
-async def test_corrupt_batch_file_fails_the_batch_without_retrying(
-    temporal: Client, parse: ParseClient, worker_settings: Settings, worker: None, user: ParseUser
+INVALID_MEMORY_FILE = gzip.compress(
+    json.dumps(
+        {"version": 1, "memories": [{"content": "my very private diary line", "type": "bogus"}]}
+    ).encode(),
+    mtime=0,
+)
+
+
+@pytest.mark.parametrize(
+    ("bad_file", "what"),
+    [(b"this is not gzip", "not gzip"), (INVALID_MEMORY_FILE, "an invalid memory")],
+    ids=["not-gzip", "invalid-memory"],
+)
+async def test_unusable_batch_file_fails_the_batch_once_notifies_and_leaks_nothing(
+    temporal: Client,
+    parse: ParseClient,
+    worker_settings: Settings,
+    worker: None,
+    user: ParseUser,
+    bad_file: bytes,
+    what: str,
 ) -> None:
-    batch_id = uuid.uuid4().hex
-    request_id = await store.create_batch_memory_request_in_parse(
-        parse,
-        worker_settings,
-        batch_id=batch_id,
-        user_id=user.object_id,
-        memories=[MemoryItem.model_validate(m) for m in chitchat_memories(5)],
-    )
-    # Swap the stored batch for bytes that are not gzip (deleting the original so nothing is orphaned).
-    await store.delete_batch_file(parse, request_id)
-    garbage = await parse.upload_file("garbage.gz", b"this is not gzip", "application/gzip", master=True)
-    await parse.update_object(
-        "BatchMemoryRequest",
-        request_id,
-        {"batchDataFile": {"__type": "File", "name": garbage["name"]}},
-        master=True,
-    )
-    handle = await temporal.start_workflow(
-        NEW_WORKFLOW,
-        BatchReference(request_id, batch_id),
-        id=f"batch-{batch_id}",
-        task_queue=worker_settings.temporal_task_queue,
-    )
-    with pytest.raises(WorkflowFailureError):
-        await handle.result()
-    assert await _activity_attempts(handle) == [1]
+    with running_receiver("whsec-fail") as receiver:
+        batch_id = uuid.uuid4().hex
+        request_id = await store.create_batch_memory_request_in_parse(
+            parse,
+            worker_settings,
+            batch_id=batch_id,
+            user_id=user.object_id,
+            memories=[MemoryItem.model_validate(m) for m in chitchat_memories(5)],
+            webhook_url=receiver.url(),
+            webhook_secret="whsec-fail",
+        )
+        # Swap the stored batch for an unusable one (deleting the original so nothing is orphaned).
+        await store.delete_batch_file(parse, request_id)
+        bad = await parse.upload_file("bad.json.gz", bad_file, "application/gzip", master=True)
+        await parse.update_object(
+            "BatchMemoryRequest",
+            request_id,
+            {"batchDataFile": {"__type": "File", "name": bad["name"]}},
+            master=True,
+        )
+        handle = await temporal.start_workflow(
+            NEW_WORKFLOW,
+            BatchReference(request_id, batch_id),
+            id=f"batch-{batch_id}",
+            task_queue=worker_settings.temporal_task_queue,
+        )
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    assert await _activity_attempts(handle, "fetch_and_process_batch_memories") == [1], f"{what}: retried"
     request = await store.fetch_batch_memory_request_from_parse(
         parse, worker_settings, request_id, with_memories=False
     )
     assert request is not None and request.status == "failed"
+    assert request.completed_at is not None
     assert any("batch file" in e.error for e in request.errors)
     assert await count_memories(parse, batch_id) == 0
+    # The owner hears of the failure.
+    [notified] = receiver.requests
+    assert notified.signature_valid and json.loads(notified.body)["status"] == "failed"
+    assert request.webhook_sent is True
+    assert "private diary" not in (await handle.fetch_history()).to_json()
     await store.delete_batch_request(parse, request_id)
 
 
-async def _activity_attempts(handle) -> list[int]:
+async def _activity_attempts(handle, activity_type: str | None = None) -> list[int]:
+    """The attempt number of every start of ``activity_type`` (or of any activity) in the history."""
     history = await handle.fetch_history()
+    scheduled = {
+        e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    }
     return [
         e.activity_task_started_event_attributes.attempt
         for e in history.events
         if e.HasField("activity_task_started_event_attributes")
+        and activity_type in (None, scheduled[e.activity_task_started_event_attributes.scheduled_event_id])
     ]

@@ -312,9 +312,14 @@ async def _download_memories(
     try:
         return [MemoryItem.model_validate(m) for m in plain]
     except ValidationError as exc:
+        # Never the error's text: pydantic quotes the offending input, i.e. memory content, and this
+        # message ends up in the workflow history.
+        first = exc.errors(include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
         raise BatchFileError(
-            f"batch file {file.name} of request {request.object_id} holds an invalid memory: {exc}"
-        ) from exc
+            f"batch file {file.name} of request {request.object_id} holds {exc.error_count()} invalid "
+            f"memory field(s); first: {where}: {first['type']}"
+        ) from None
 
 
 # ---- read ------------------------------------------------------------------------------------------

@@ -160,7 +160,8 @@ def _memories_of(document: Any) -> list[dict[str, Any]]:
         raise CorruptBatchFile(f"batch file must hold a JSON object, found {type(document).__name__}")
     version = document.get("version")
     if version != FORMAT_VERSION:
-        raise CorruptBatchFile(f"unsupported batch file version {version!r} (expected {FORMAT_VERSION})")
+        # The value itself is not quoted: whatever a file holds must not reach logs or workflow history.
+        raise CorruptBatchFile(f"unsupported batch file version (expected {FORMAT_VERSION})")
     memories = document.get("memories")
     if not isinstance(memories, list):
         raise CorruptBatchFile(f'batch file "memories" must be a list, found {type(memories).__name__}')

@@ -364,6 +364,14 @@ class BatchMemoryRequest(BaseModel):
         # Parse's Add reorders arrays on Postgres; a stable order makes reads comparable.
         return sorted(value, key=lambda e: (e.index, e.timestamp))
 
+    def distinct_errors(self) -> list[BatchError]:
+        """One error per memory (the latest), plus every batch-level one (index < 0).
+
+        A retried activity may record a memory's error twice; reports count memories, not attempts.
+        """
+        latest = {e.index: e for e in self.errors if e.index >= 0}  # sorted, so the last one wins
+        return [e for e in self.errors if e.index < 0] + list(latest.values())
+
     def to_parse(self) -> dict[str, Any]:
         """The Parse body for this request: camelCase, ``__type`` values, no None and no server fields."""
         body: dict[str, Any] = {}
