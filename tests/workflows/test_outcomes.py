@@ -18,6 +18,19 @@ from toolkit.workloads import chitchat_memories
 SECRET = "whsec-test-5b1f0c"
 
 
+async def _submit_with_webhook(temporal, parse, settings, user, receiver, count: int):
+    """A chitchat batch of ``count`` whose completion webhook goes to ``receiver``, signed with SECRET."""
+    return await submit_batch(
+        temporal,
+        parse,
+        settings,
+        user,
+        chitchat_memories(count),
+        webhook_url=receiver.url(),
+        webhook_secret=SECRET,
+    )
+
+
 async def _request(parse: ParseClient, settings: Settings, request_id: str):
     request = await store.fetch_batch_memory_request_from_parse(
         parse, settings, request_id, with_memories=False
@@ -61,15 +74,7 @@ async def test_receiver_verifies_signature_of_the_completion_webhook(
     temporal: Client, parse: ParseClient, worker_settings: Settings, worker: None, user: ParseUser
 ) -> None:
     with running_receiver(SECRET) as receiver:
-        batch = await submit_batch(
-            temporal,
-            parse,
-            worker_settings,
-            user,
-            chitchat_memories(20),
-            webhook_url=receiver.url(),
-            webhook_secret=SECRET,
-        )
+        batch = await _submit_with_webhook(temporal, parse, worker_settings, user, receiver, 20)
         summary = await batch.result()
     assert summary.webhook_sent is True
     [received] = receiver.requests
@@ -93,15 +98,7 @@ async def test_webhook_retried_until_2xx_then_marked_sent(
 ) -> None:
     with running_receiver(SECRET) as receiver:
         receiver.script(500, 503, 200)
-        batch = await submit_batch(
-            temporal,
-            parse,
-            worker_settings,
-            user,
-            chitchat_memories(10),
-            webhook_url=receiver.url(),
-            webhook_secret=SECRET,
-        )
+        batch = await _submit_with_webhook(temporal, parse, worker_settings, user, receiver, 10)
         summary = await batch.result()
     assert summary.webhook_sent is True
     assert len(receiver.requests) == 3
@@ -116,15 +113,7 @@ async def test_webhook_never_answered_leaves_webhook_sent_false_and_status_uncha
 ) -> None:
     with running_receiver(SECRET) as receiver:
         receiver.script(*["hang"] * 20)
-        batch = await submit_batch(
-            temporal,
-            parse,
-            worker_settings,
-            user,
-            chitchat_memories(10),
-            webhook_url=receiver.url(),
-            webhook_secret=SECRET,
-        )
+        batch = await _submit_with_webhook(temporal, parse, worker_settings, user, receiver, 10)
         summary = await batch.result()
     assert summary.webhook_sent is False
     assert len(receiver.requests) == worker_settings.webhook_max_attempts
