@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from temporalio.client import Client
 
+from toolkit.api.batches import idempotent_batch_id
 from toolkit.api.rollout import canary_bucket
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
+from toolkit.settings import Settings
 from toolkit.temporal_client import connect
 from toolkit.testing.users import ParseUser, sign_up
-from toolkit.workloads import chitchat_memories, synthetic_memories
+from toolkit.workloads import chitchat_memories
 
 if TYPE_CHECKING:
     from tests.api.conftest import ApiServer, FlagSetter
+
+STILL_STARTING = "a batch with this Idempotency-Key is still being started; retry"
 
 ACCEPTED_TYPES = {
     "batch_id": str,
@@ -118,6 +123,27 @@ def _body(memories: Any, **extra: Any) -> bytes:
     return json.dumps({"memories": memories, **extra}).encode()
 
 
+def _nested(levels: int) -> dict[str, Any]:
+    """A metadata object ``levels`` deep: ``{}`` is 1 level, ``{"k": {}}`` is 2."""
+    value: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        value = {"k": value}
+    return value
+
+
+def _memory_with(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {"content": "a memory", "type": "text", "metadata": metadata}
+
+
+def _deep_body(levels: int) -> bytes:
+    # Built as text: json.dumps itself gives up (RecursionError) long before 100,000 levels.
+    inner = b'{"k":' * (levels - 1) + b"{}" + b"}" * (levels - 1)
+    return b'{"memories": [{"content": "x", "metadata": ' + inner + b"}]}"
+
+
+_METADATA_0 = ["body", "memories", 0, "metadata"]
+_METADATA_1 = ["body", "memories", 1, "metadata"]
+
 INVALID_BODIES: list[tuple[str, bytes, list[Any]]] = [
     ("empty list", _body([]), ["body", "memories"]),
     ("no memories field", json.dumps({"organization_id": "abc"}).encode(), ["body", "memories"]),
@@ -140,6 +166,26 @@ INVALID_BODIES: list[tuple[str, bytes, list[Any]]] = [
     ("malformed JSON", b'{"memories": [', ["body", 14]),
     ("not UTF-8", b'{"memories": [{"content": "\xff"}]}', ["body", 27]),
     ("empty body", b"", ["body", 0]),
+    # Bodies that once answered 500: too deep for the serializers, or not storable as UTF-8 JSON.
+    (
+        "metadata nested 33 levels",
+        _body([GOOD, _memory_with(_nested(33))]),
+        ["body", "memories", 1, "metadata"],
+    ),
+    ("metadata nested 256 levels", _body([_memory_with(_nested(256))]), ["body", "memories", 0, "metadata"]),
+    ("body nested 1,000 levels", _deep_body(1_000), ["body"]),
+    ("body nested 100,000 levels", _deep_body(100_000), ["body"]),
+    ("lone surrogate in metadata value", _body([GOOD, _memory_with({"k": "\ud800"})]), _METADATA_1),
+    ("lone surrogate in metadata key", _body([GOOD, _memory_with({"\udfff": 1})]), _METADATA_1),
+    ("lone surrogate deep in metadata", _body([GOOD, _memory_with({"a": [{"b": "x\udc00"}]})]), _METADATA_1),
+    ("lone surrogate in content", _body([{"content": "\ud800"}]), ["body", "memories", 0, "content"]),
+    ("NaN in metadata", b'{"memories": [{"content": "x", "metadata": {"n": NaN}}]}', _METADATA_0),
+    ("1e400 in metadata", b'{"memories": [{"content": "x", "metadata": {"n": 1e400}}]}', _METADATA_0),
+    (
+        "integer of 5,000 digits",
+        b'{"memories": [{"content": "x", "metadata": {"n": ' + b"9" * 5_000 + b"}}]}",
+        ["body"],
+    ),
 ]
 
 
@@ -159,7 +205,22 @@ async def test_invalid_body_is_422_naming_the_field_and_stores_nothing(
     assert loc in [e["loc"] for e in errors], errors
     if case == "content over 15,000 bytes":
         assert "15,002 bytes" in errors[0]["msg"] and "15,000" in errors[0]["msg"]
+    if case.startswith("metadata nested"):
+        assert errors[0]["msg"] == "Value error, metadata is nested more than 32 levels deep; the limit is 32"
+    if "surrogate" in case and "metadata" in case:
+        assert "lone surrogate" in errors[0]["msg"], errors
+    if case.startswith("body nested"):
+        assert errors[0]["msg"] == "JSON nested too deeply", errors
     assert await _requests_of(parse, user) == 0
+
+
+async def test_metadata_nested_32_levels_is_accepted(
+    api: ApiServer, http: httpx.AsyncClient, parse: ParseClient, user: ParseUser
+) -> None:
+    response = await _post(http, api, {"memories": [_memory_with(_nested(32))]}, _auth(user))
+    assert response.status_code == 202, response.text
+    stored = await store.find_batch_request(parse, response.json()["batch_id"])
+    assert stored is not None and stored.total_memories == 1
 
 
 @pytest.mark.parametrize(
@@ -359,7 +420,18 @@ async def test_concurrent_identical_submits_make_one_batch_and_one_workflow(
 ) -> None:
     headers = {**_auth(user), "Idempotency-Key": f"race-{unique}"}
     body = {"memories": chitchat_memories(5)}
-    responses = await asyncio.gather(*(_post(http, api, body, headers) for _ in range(6)))
+    responses = list(await asyncio.gather(*(_post(http, api, body, headers) for _ in range(6))))
+    # A submit that finds the first one's start still in flight is told to retry (409); retried,
+    # every one gets the same 202. Bounded by rounds, not by time.
+    for _ in range(50):
+        waiting = [i for i, r in enumerate(responses) if r.status_code == 409]
+        if not waiting:
+            break
+        for i in waiting:
+            assert responses[i].json() == {"detail": STILL_STARTING}
+        await asyncio.sleep(0.1)
+        for i in waiting:
+            responses[i] = await _post(http, api, body, headers)
     assert [r.status_code for r in responses] == [202] * 6, [r.text for r in responses]
     assert len({json.dumps(r.json(), sort_keys=True) for r in responses}) == 1
     assert await _requests_of(parse, user) == 1
@@ -399,17 +471,29 @@ async def test_parse_down_is_503_not_401(
     assert "Parse Server is unreachable" in response.json()["detail"]
 
 
-async def test_refused_workflow_start_deletes_the_stored_request(
-    api: ApiServer, http: httpx.AsyncClient, parse: ParseClient, user: ParseUser, set_flags: FlagSetter
+async def test_refused_workflow_start_deletes_the_stored_request_and_its_file(
+    start_api: Callable[..., ApiServer],
+    http: httpx.AsyncClient,
+    parse: ParseClient,
+    settings: Settings,
+    user: ParseUser,
+    set_flags: FlagSetter,
+    unique: str,
 ) -> None:
-    # The legacy path puts the whole batch in the workflow input: 3 MB is over Temporal's 2 MiB
-    # payload limit, so the real server refuses the start after the request was stored.
-    await set_flags(enabled=False, percent=0)
-    big = {"memories": synthetic_memories(200, content_bytes=15_000)}
-    response = await _post(http, api, big, _auth(user))
+    # Temporal answers but refuses the start (NOT_FOUND: no such namespace) after the batch was
+    # stored, file uploaded: the request and its file must both go.
+    refusing = start_api(TEMPORAL_NAMESPACE=f"no-such-namespace-{unique}")
+    await set_flags(enabled=True, percent=100)
+    key = f"refused-{unique}"
+    batch_id = idempotent_batch_id(user.object_id, key)
+    response = await _post(
+        http, refusing, {"memories": chitchat_memories(5)}, {**_auth(user), "Idempotency-Key": key}
+    )
     assert response.status_code == 502, response.text
-    assert "Temporal refused to start the workflow" in response.json()["detail"]
+    assert "Temporal refused to start the workflow (NOT_FOUND)" in response.json()["detail"]
     assert await _requests_of(parse, user) == 0
+    # The fs files adapter names uploads "<random>_<given name>" under the stack dir.
+    assert list(settings.stack_dir.rglob(f"*_{batch_id}.json.gz")) == []
 
 
 # ---- docs --------------------------------------------------------------------------------------------

@@ -89,8 +89,15 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Submit a batch of memories",
         responses={
             **_ERRORS,
-            409: {"model": ErrorOut, "description": "Idempotency-Key of a submission that never started"},
-            413: {"model": ErrorOut, "description": "too many memories, or too many bytes"},
+            409: {
+                "model": ErrorOut,
+                "description": "Idempotency-Key of a submission still being started: retry shortly",
+            },
+            413: {
+                "model": ErrorOut,
+                "description": "too many memories, or too many bytes (on the legacy path: a workflow "
+                "input over LEGACY_MAX_INPUT_BYTES, 2 MiB minus 64 KiB)",
+            },
             415: {"model": ErrorOut, "description": "not a plain JSON body"},
             422: {"model": ValidationErrorOut, "description": "invalid body: the field errors"},
         },

@@ -1,7 +1,8 @@
 """Accepting a batch and reporting on it: the logic behind the two batch routes.
 
-Submission order: idempotent replay → rollout decision → Temporal connected → store in Parse →
-start the workflow. Temporal is checked before anything is stored, so an outage costs nothing.
+Submission order: idempotent replay → rollout decision → (legacy: input size) → Temporal connected →
+store in Parse → start the workflow. Everything that can refuse the batch (413, 422, 503) is checked
+before anything is stored, so a refusal or an outage costs nothing.
 
 Failure policy (design §4.3, "no orphan stays pending"): when the workflow cannot be started the
 stored request is **deleted together with its file**, so a 503 means "nothing happened" and a retry
@@ -11,7 +12,13 @@ stored request is **deleted together with its file**, so a 503 means "nothing ha
 Idempotency: with an ``Idempotency-Key`` the batch id is derived from (user, key), so the workflow
 id ``batch-<batch_id>`` is too. Two concurrent identical submits may both store a request, but
 Temporal starts only one workflow for that id; the loser deletes its own request and answers with
-the winner's. Without a key the batch id is a random uuid4.
+the winner's. Without a key the batch id is a random uuid4. Only a batch that was started (its
+``workflowId`` recorded, or its workflow known to Temporal) is replayed: one still being started is
+a 409 "retry", and one whose API crashed before starting it (older than :data:`ORPHAN_AFTER_S`) is
+discarded with its file, and the submission starts afresh.
+
+Ownership: a batch is answered to its owner only. Parse's ACL also lets ``role:org_<id>`` read it,
+so the status lookup checks the owner explicitly (design §4.3: another user's batch is a 404).
 """
 
 from __future__ import annotations
@@ -32,15 +39,19 @@ from toolkit.api.errors import (
     ApiError,
     BatchNotFound,
     IdempotencyConflict,
+    PayloadTooLarge,
+    RequestInvalid,
     ServiceUnavailable,
     UpstreamRefused,
 )
+from toolkit.api.legacy_limit import LegacyInputTooLarge, ensure_fits_legacy_input
 from toolkit.api.progress import status_from_request, storage_of
 from toolkit.api.rollout import RolloutReader, Storage
 from toolkit.api.schemas import BATCH_ID_PATTERN, BatchAccepted, BatchRequestIn, BatchStatusOut
 from toolkit.api.temporal import TEMPORAL_CONNECT_ERRORS, TemporalConnection, TemporalUnavailable
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
+from toolkit.parse.codec import CodecError
 from toolkit.parse.errors import ParseError, ParseUnavailable, PermissionDenied
 from toolkit.parse.models import BatchError, BatchMemoryRequest
 from toolkit.settings import Settings
@@ -51,6 +62,12 @@ log = logging.getLogger(__name__)
 # A start is one small RPC (the legacy one carries the batch): past this, Temporal is not answering.
 START_TIMEOUT_S = 15.0
 DESCRIBE_TIMEOUT_S = 3.0
+# An unstarted request older than this is an orphan (its API crashed): the start timeout, plus as
+# long again for the store that precedes it, so a start still in flight is never taken for one.
+ORPHAN_AFTER_S = 2 * START_TIMEOUT_S
+# Orphans cleared per submission before giving up with 409 (each costs a delete).
+MAX_ORPHANS_CLEARED = 3
+STILL_STARTING = "a batch with this Idempotency-Key is still being started; retry"
 # Temporal answered these codes because it could not serve the call, not because the call was wrong.
 _OUTAGE_CODES = {
     RPCStatusCode.UNAVAILABLE,
@@ -101,6 +118,24 @@ def _start_failure(exc: BaseException, settings: Settings) -> ApiError:
     return ServiceUnavailable(f"Temporal at {settings.temporal_target} is unreachable: {exc}")
 
 
+def _unstorable(exc: Exception) -> RequestInvalid:
+    # The message names the cause (a codec or pydantic error), never the content it failed on.
+    error = {"type": "value_error", "loc": ["body", "memories"], "msg": f"the batch cannot be stored: {exc}"}
+    return RequestInvalid([error])
+
+
+def _owned_by(request: BatchMemoryRequest, user: AuthenticatedUser) -> bool:
+    return request.user is not None and request.user.object_id == user.user_id
+
+
+def _age_s(request: BatchMemoryRequest) -> float:
+    """Seconds since the API stored ``request``: by its own clock (batchMetadata), else Parse's createdAt."""
+    stored_at = request.batch_metadata.created_at if request.batch_metadata else request.created_at
+    if stored_at is None:
+        return float("inf")
+    return (datetime.now(UTC) - stored_at).total_seconds()
+
+
 class BatchService:
     def __init__(
         self, settings: Settings, parse: ParseClient, temporal: TemporalConnection, rollout: RolloutReader
@@ -116,7 +151,7 @@ class BatchService:
     ) -> tuple[BatchAccepted, bool]:
         """Store and start ``batch``; return the 202 answer and whether it is a replay."""
         if idempotency_key is not None:
-            previous = await self._previous(user, idempotency_key)
+            previous = await self._replayable(user, idempotency_key)
             if previous is not None:
                 return accepted_from_request(previous), True
             batch_id = idempotent_batch_id(user.user_id, idempotency_key)
@@ -126,10 +161,15 @@ class BatchService:
             storage = await self._rollout.storage_for(user.user_id)
         except ParseError as exc:
             raise _unavailable_parse(exc) from exc
-        try:
-            temporal = await self._temporal.client()
-        except TemporalUnavailable as exc:
-            raise ServiceUnavailable(str(exc)) from exc
+        if storage == "legacy":
+            # Before anything is stored: Temporal would refuse the input only after the store.
+            try:
+                await ensure_fits_legacy_input(batch.memories)
+            except LegacyInputTooLarge as exc:
+                raise PayloadTooLarge(str(exc)) from None
+            except ValueError as exc:
+                raise _unstorable(exc) from None
+        temporal = await self._temporal_client()
 
         try:
             request_id = await store.create_batch_memory_request_in_parse(
@@ -148,6 +188,10 @@ class BatchService:
             )
         except ParseError as exc:
             raise _unavailable_parse(exc) from exc
+        except (CodecError, ValueError) as exc:
+            # A safety net behind the body model: storage validates and encodes before it uploads
+            # or creates anything, so a refusal here is the caller's bad input and nothing is stored.
+            raise _unstorable(exc) from None
 
         try:
             workflow_id = await asyncio.wait_for(
@@ -155,10 +199,14 @@ class BatchService:
             )
         except WorkflowAlreadyStartedError:
             return await self._lost_race(user, request_id, batch_id, idempotency_key), True
-        except (*TEMPORAL_CONNECT_ERRORS, ParseError) as exc:
+        except (*TEMPORAL_CONNECT_ERRORS, ParseError, TypeError, ValueError) as exc:
             workflow_id = workflow_id_for(batch_id)
             # An answer lost on the way back does not mean the start failed: ask before deleting.
             if not await self._workflow_exists(temporal, workflow_id):
+                if isinstance(exc, TypeError | ValueError):
+                    # The SDK could not serialize the (legacy) input: the caller's bad input.
+                    await self._discard(request_id, f"workflow input not serializable: {type(exc).__name__}")
+                    raise _unstorable(exc) from None
                 await self._discard(request_id, f"workflow not started: {exc}")
                 raise _start_failure(exc, self._settings) from exc
             log.warning(
@@ -175,11 +223,60 @@ class BatchService:
             False,
         )
 
+    async def _temporal_client(self) -> Client:
+        try:
+            return await self._temporal.client()
+        except TemporalUnavailable as exc:
+            raise ServiceUnavailable(str(exc)) from exc
+
     async def _previous(self, user: AuthenticatedUser, key: str) -> BatchMemoryRequest | None:
         try:
-            return await store.find_by_idempotency_key(self._parse, user.user_id, key)
+            previous = await store.find_by_idempotency_key(self._parse, user.user_id, key)
         except ParseError as exc:
             raise _unavailable_parse(exc) from exc
+        # The lookup filters by user already; a batch is only ever answered to its owner.
+        return previous if previous is not None and _owned_by(previous, user) else None
+
+    async def _replayable(self, user: AuthenticatedUser, key: str) -> BatchMemoryRequest | None:
+        """The earlier batch with this key if it was started (replay it), None if there is none.
+
+        A request whose start is still in flight, or whose starter crashed, has no ``workflowId``;
+        replaying it would promise a batch that may never run. Temporal has the last word (the start
+        may have landed without being recorded). Otherwise: 409 while the start could still be in
+        flight, and past :data:`ORPHAN_AFTER_S` the orphan is discarded and the caller starts afresh.
+        """
+        for _ in range(MAX_ORPHANS_CLEARED + 1):
+            previous = await self._previous(user, key)
+            if previous is None or previous.workflow_id:
+                return previous
+            if await self._workflow_started(workflow_id_for(previous.batch_id)):
+                return previous
+            if _age_s(previous) <= ORPHAN_AFTER_S or previous.object_id is None:
+                raise IdempotencyConflict(STILL_STARTING)
+            log.warning(
+                "discarding batch request %s (batch %s): never started, stored %.0f s ago",
+                previous.object_id,
+                previous.batch_id,
+                _age_s(previous),
+            )
+            try:
+                await store.delete_batch_request(self._parse, previous.object_id)
+            except ParseError as exc:
+                raise _unavailable_parse(exc) from exc
+        raise IdempotencyConflict(STILL_STARTING)
+
+    async def _workflow_started(self, workflow_id: str) -> bool:
+        """Whether Temporal knows ``workflow_id``; 503 if it cannot say (a guess could duplicate a batch)."""
+        temporal = await self._temporal_client()
+        try:
+            await asyncio.wait_for(temporal.get_workflow_handle(workflow_id).describe(), DESCRIBE_TIMEOUT_S)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise _start_failure(exc, self._settings) from exc
+        except (RuntimeError, OSError, TimeoutError) as exc:
+            raise _start_failure(exc, self._settings) from exc
+        return True
 
     async def _start(
         self,
@@ -261,6 +358,7 @@ class BatchService:
             raise InvalidSession("invalid or expired session token") from exc
         except ParseError as exc:
             raise _unavailable_parse(exc) from exc
-        if request is None:
+        # Parse's ACL also lets the organization's role read the batch; the API answers its owner only.
+        if request is None or not _owned_by(request, user):
             raise BatchNotFound()
         return status_from_request(request, datetime.now(UTC))

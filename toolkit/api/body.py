@@ -72,6 +72,10 @@ def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return errors
 
 
+def _json_invalid(loc: list[str | int], msg: str, error: str) -> RequestInvalid:
+    return RequestInvalid([{"type": "json_invalid", "loc": loc, "msg": msg, "ctx": {"error": error}}])
+
+
 def parse_batch(raw: bytes | bytearray, settings: Settings) -> BatchRequestIn:
     """Decode and validate a batch body: 422 for anything malformed, 413 for too many memories or bytes.
 
@@ -82,16 +86,15 @@ def parse_batch(raw: bytes | bytearray, settings: Settings) -> BatchRequestIn:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         position = getattr(exc, "pos", getattr(exc, "start", 0))
-        raise RequestInvalid(
-            [
-                {
-                    "type": "json_invalid",
-                    "loc": ["body", position],
-                    "msg": "JSON decode error",
-                    "ctx": {"error": str(exc)},
-                }
-            ]
+        raise _json_invalid(["body", position], "JSON decode error", str(exc)) from None
+    except RecursionError:
+        # The decoder recurses once per nesting level; ~1,000 levels exhaust the interpreter's limit.
+        raise _json_invalid(
+            ["body"], "JSON nested too deeply", "the body nests arrays or objects too deeply"
         ) from None
+    except ValueError as exc:
+        # Valid JSON Python will not read, e.g. an integer of more than 4,300 digits.
+        raise _json_invalid(["body"], "JSON value not accepted", str(exc)) from None
     if isinstance(data, dict) and isinstance(data.get("memories"), list):
         count = len(data["memories"])
         if count > settings.max_batch_memories:

@@ -40,7 +40,9 @@ def estimate_completion(request: BatchMemoryRequest, now: datetime) -> datetime 
 
 def status_from_request(request: BatchMemoryRequest, now: datetime) -> BatchStatusOut:
     # Newest first by timestamp, keep MAX_STATUS_ERRORS, then show them in memory order.
-    newest = sorted(request.errors, key=lambda e: (e.timestamp, e.index), reverse=True)[:MAX_STATUS_ERRORS]
+    # One entry per memory: a retried activity may have recorded the same memory's error twice.
+    distinct = request.distinct_errors()
+    newest = sorted(distinct, key=lambda e: (e.timestamp, e.index), reverse=True)[:MAX_STATUS_ERRORS]
     errors = [
         BatchErrorOut(index=e.index, error=e.error)
         for e in sorted(newest, key=lambda e: (e.index, e.timestamp))
@@ -58,6 +60,6 @@ def status_from_request(request: BatchMemoryRequest, now: datetime) -> BatchStat
         completed_at=request.completed_at,
         estimated_completion=estimate_completion(request, now),
         errors=errors,
-        error_count=len(request.errors),
+        error_count=len(distinct),
         webhook_sent=request.webhook_sent,
     )

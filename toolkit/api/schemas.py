@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Literal
 
@@ -22,17 +23,76 @@ BATCH_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MAX_MEMORY_BYTES = "max_memory_bytes"
 
 
+# Metadata deeper than this is refused. Far past any real use, far below what breaks the storage:
+# pydantic stops serializing at ~255 levels, json and Parse's own JSON handling at ~1,000.
+MAX_METADATA_DEPTH = 32
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """Levels of nested objects/arrays in ``value`` (a scalar is 0, ``{}`` is 1), at most ``limit + 1``.
+
+    Iterative, and it stops one level past ``limit``: a hostile 900-level value costs next to nothing.
+    """
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _unstorable(field: str, exc: ValueError) -> ValueError:
+    if isinstance(exc, UnicodeEncodeError):
+        char = exc.object[exc.start : exc.start + 1]
+        return ValueError(
+            f"{field} contains a lone surrogate (U+{ord(char):04X}), which is not valid UTF-8 text"
+        )
+    # json.dumps(allow_nan=False) refuses NaN and ±Infinity (1e400 decodes to inf): not JSON numbers.
+    return ValueError(f"{field} cannot be stored as JSON ({exc}): NaN and Infinity are not JSON numbers")
+
+
 class MemoryIn(MemoryItem):
-    """One submitted memory. ``content`` is limited in UTF-8 bytes, not characters."""
+    """One submitted memory. ``content`` is limited in UTF-8 bytes, not characters.
+
+    Everything accepted here must be storable as the batch file's strict UTF-8 JSON (and as a legacy
+    workflow input): ``json.loads`` happily returns lone surrogates, NaN and 900-level nesting, so
+    they are refused here, with the memory's index, instead of failing in storage as a 500.
+    """
 
     @field_validator("content")
     @classmethod
     def _content_within_limit(cls, value: str, info: ValidationInfo) -> str:
-        limit = (info.context or {}).get(MAX_MEMORY_BYTES)
-        if limit is not None:
+        try:
             size = len(value.encode("utf-8"))
-            if size > limit:
-                raise ValueError(f"content is {size:,} bytes; the limit is {limit:,} bytes per memory")
+        except UnicodeEncodeError as exc:
+            raise _unstorable("content", exc) from None
+        limit = (info.context or {}).get(MAX_MEMORY_BYTES)
+        if limit is not None and size > limit:
+            raise ValueError(f"content is {size:,} bytes; the limit is {limit:,} bytes per memory")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if nesting_depth(value, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
+            raise ValueError(
+                f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep; "
+                f"the limit is {MAX_METADATA_DEPTH}"
+            )
+        try:
+            # Exactly how the batch file encodes it (toolkit.parse.codec): strict UTF-8, no NaN.
+            json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except ValueError as exc:  # UnicodeEncodeError is a ValueError
+            raise _unstorable("metadata", exc) from None
         return value
 
 
