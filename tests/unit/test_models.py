@@ -340,3 +340,27 @@ def test_validate_object_id_accepts(value: str) -> None:
 def test_validate_object_id_refuses(value: object) -> None:
     with pytest.raises(ValueError):
         validate_object_id(value)
+
+
+def test_distinct_errors_keep_the_latest_per_memory_and_every_batch_level_one() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from toolkit.parse.models import BatchError, BatchMemoryRequest
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    errors = [
+        BatchError(index=3, error="first try", timestamp=t0),
+        BatchError(index=3, error="retry", timestamp=t0 + timedelta(seconds=1)),
+        BatchError(index=1, error="x", timestamp=t0),
+        BatchError(index=-1, error="batch a", timestamp=t0),
+        BatchError(index=-1, error="batch b", timestamp=t0 + timedelta(seconds=2)),
+    ]
+    request = BatchMemoryRequest(batch_id="b", errors=errors)
+    assert len(request.errors) == 5  # storage keeps every record
+    distinct = request.distinct_errors()
+    assert [(e.index, e.error) for e in distinct] == [
+        (-1, "batch a"),
+        (-1, "batch b"),
+        (1, "x"),
+        (3, "retry"),
+    ]
