@@ -28,8 +28,8 @@ test: install
 	env $(TEST_ENV) $(TOOLKIT) stack down; exit $$status
 
 lint: install
-	$(VENV)/bin/ruff check toolkit tests loadtests
-	$(VENV)/bin/ruff format --check toolkit tests loadtests
+	$(VENV)/bin/ruff check toolkit tests
+	$(VENV)/bin/ruff format --check toolkit tests
 
 stack-up: install
 	$(TOOLKIT) stack up
