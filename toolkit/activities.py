@@ -100,9 +100,7 @@ class BatchActivities:
     def __init__(self, settings: Settings, parse: ParseClient, writer: MemoryWriter | None = None) -> None:
         self.settings = settings
         self.parse = parse
-        self.writer = writer or MemoryWriter(
-            parse, batch_size=settings.writer_batch_size, concurrency=settings.writer_concurrency
-        )
+        self.writer = writer or MemoryWriter.from_settings(parse, settings)
 
     # ---- the new path -----------------------------------------------------------------------------
     @activity.defn(name="fetch_and_process_batch_memories")
@@ -307,14 +305,10 @@ class BatchActivities:
             batch_id=ctx.batch_id, user_id=ctx.user_id, organization_id=ctx.organization_id
         )
         [outcome] = await self.writer.write(context, [(data.index, MemoryItem.model_validate(data.memory))])
-        if outcome.ok:
-            await store.update_batch_request_progress(
-                self.parse, ctx.request_id, processed=1, successful=1, failed=0
-            )
-        else:
-            await store.update_batch_request_progress(
-                self.parse, ctx.request_id, processed=1, successful=0, failed=1
-            )
+        await store.update_batch_request_progress(
+            self.parse, ctx.request_id, processed=1, successful=int(outcome.ok), failed=int(not outcome.ok)
+        )
+        if not outcome.ok:
             await self._record_errors(ctx.request_id, [(data.index, outcome.error)])
         return MemoryResult(data.index, outcome.ok, outcome.error)
 

@@ -46,9 +46,7 @@ class BenchRow:
 async def _baseline(
     parse: ParseClient, settings: Settings, user: ParseUser, memories: Sequence[dict]
 ) -> tuple[float, int]:
-    writer = MemoryWriter(
-        parse, batch_size=settings.writer_batch_size, concurrency=settings.writer_concurrency
-    )
+    writer = MemoryWriter.from_settings(parse, settings)
     context = WriteContext(batch_id=f"bench-{uuid.uuid4().hex}", user_id=user.object_id)
     items = [(i, MemoryItem.model_validate(m)) for i, m in enumerate(memories)]
     started = time.perf_counter()

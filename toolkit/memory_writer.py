@@ -41,6 +41,7 @@ from toolkit.parse import ParseClient
 from toolkit.parse.acl import batch_acl
 from toolkit.parse.errors import DUPLICATE_VALUE, ParseError
 from toolkit.parse.models import MemoryItem, memory_object_id
+from toolkit.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,11 @@ class MemoryWriter:
         self.concurrency = concurrency
         self.processor: MemoryProcessor = processor or _no_processing
         self.max_request_bytes = max_request_bytes
+
+    @classmethod
+    def from_settings(cls, client: ParseClient, settings: Settings) -> MemoryWriter:
+        """The worker's writer; the benchmark's baseline builds the same one, to compare like with like."""
+        return cls(client, batch_size=settings.writer_batch_size, concurrency=settings.writer_concurrency)
 
     async def write(
         self,

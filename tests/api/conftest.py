@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -25,14 +24,9 @@ from toolkit.api import rollout
 from toolkit.api.rollout import RolloutFlags
 from toolkit.parse import ParseClient
 from toolkit.settings import Settings
+from toolkit.testing.ports import free_port
 
 STARTUP_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,17 +16,12 @@ from toolkit.parse.schema import BATCH_MEMORY_REQUEST
 from toolkit.settings import Settings
 from toolkit.stack._process import stop_pid
 from toolkit.stack.temporal import TemporalServer
+from toolkit.testing.ports import free_port
 from toolkit.testing.users import ParseUser
 from toolkit.workloads import chitchat_memories
 
 if TYPE_CHECKING:
     from tests.api.conftest import ApiServer
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 
 from toolkit.settings import STACK_ENV_KEYS, Settings, read_env_file
 from toolkit.stack._process import pid_alive
+from toolkit.testing.ports import free_port
 
 PARTS = ("postgres", "parse", "temporal", "api", "worker")
 
@@ -54,23 +55,17 @@ def test_stack_env_holds_every_contract_key(settings: Settings) -> None:
     assert oct(settings.stack_env_file.stat().st_mode & 0o777) == "0o600"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def throwaway_env(tmp_path: Path) -> dict[str, str]:
     """A second, independent stack (own directory and ports) for tests that stop what they start."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PARSE_", "TEMPORAL_", "TOOLKIT_"))}
     env.update(
         TOOLKIT_STACK_DIR=str(tmp_path / "stack"),
-        POSTGRES_PORT=str(_free_port()),
-        PARSE_PORT=str(_free_port()),
-        TEMPORAL_PORT=str(_free_port()),
-        TEMPORAL_UI_PORT=str(_free_port()),
-        API_PORT=str(_free_port()),
+        POSTGRES_PORT=str(free_port()),
+        PARSE_PORT=str(free_port()),
+        TEMPORAL_PORT=str(free_port()),
+        TEMPORAL_UI_PORT=str(free_port()),
+        API_PORT=str(free_port()),
     )
     yield env
     toolkit("stack", "down", env=env)

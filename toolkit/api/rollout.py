@@ -15,6 +15,7 @@ import hashlib
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -106,24 +107,20 @@ def flags_from_config(params: dict[str, Any], settings: Settings) -> RolloutFlag
     An unreadable value is logged rather than fatal: a typo in the dashboard must not stop ingestion.
     """
     defaulted: list[str] = []
-    enabled = settings.use_parse_batch_storage
-    percent = settings.parse_batch_canary_percent
-    if FLAG_KEY in params:
+
+    def read(key: str, convert: Callable[[Any], Any], default: Any) -> Any:
+        if key not in params:
+            defaulted.append(key)
+            return default
         try:
-            enabled = _as_bool(params[FLAG_KEY])
+            return convert(params[key])
         except ValueError as exc:
-            log.warning("Parse Config %s unreadable (%s); using the default %s", FLAG_KEY, exc, enabled)
-            defaulted.append(FLAG_KEY)
-    else:
-        defaulted.append(FLAG_KEY)
-    if PERCENT_KEY in params:
-        try:
-            percent = _as_percent(params[PERCENT_KEY])
-        except ValueError as exc:
-            log.warning("Parse Config %s unreadable (%s); using the default %s", PERCENT_KEY, exc, percent)
-            defaulted.append(PERCENT_KEY)
-    else:
-        defaulted.append(PERCENT_KEY)
+            log.warning("Parse Config %s unreadable (%s); using the default %s", key, exc, default)
+            defaulted.append(key)
+            return default
+
+    enabled = read(FLAG_KEY, _as_bool, settings.use_parse_batch_storage)
+    percent = read(PERCENT_KEY, _as_percent, settings.parse_batch_canary_percent)
     return RolloutFlags(enabled, percent, tuple(defaulted))
 
 
