@@ -6,8 +6,15 @@ TOOLKIT = $(VENV)/bin/toolkit
 STAMP   = $(VENV)/.installed
 
 # `make test` runs its own stack (own directory and ports) so it can run beside a developer's stack.
-TEST_ENV = TOOLKIT_STACK_DIR=$(CURDIR)/.stack-test POSTGRES_PORT=55329 PARSE_PORT=21337 \
-           TEMPORAL_PORT=27233 TEMPORAL_UI_PORT=28233 API_PORT=28000
+# Each port can be moved (e.g. `make test TEST_PARSE_PORT=21338`) to run two checkouts side by side.
+TEST_STACK_DIR     ?= $(CURDIR)/.stack-test
+TEST_POSTGRES_PORT ?= 55329
+TEST_PARSE_PORT    ?= 21337
+TEST_TEMPORAL_PORT ?= 27233
+TEST_UI_PORT       ?= 28233
+TEST_API_PORT      ?= 28000
+TEST_ENV = TOOLKIT_STACK_DIR=$(TEST_STACK_DIR) POSTGRES_PORT=$(TEST_POSTGRES_PORT) PARSE_PORT=$(TEST_PARSE_PORT) \
+           TEMPORAL_PORT=$(TEST_TEMPORAL_PORT) TEMPORAL_UI_PORT=$(TEST_UI_PORT) API_PORT=$(TEST_API_PORT)
 
 .PHONY: install run test lint stack-up stack-down stack-status clean
 
