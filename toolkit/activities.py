@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 
 from temporalio import activity
@@ -19,6 +20,9 @@ from toolkit.batch_types import (
     BatchReference,
     BatchSummary,
     Checkpoint,
+    ChunkedFinalizeInput,
+    ChunkReference,
+    ChunkSummary,
     LegacyFinalizeInput,
     MemoryResult,
     ShrunkBatchData,
@@ -33,7 +37,10 @@ from toolkit.webhooks import completion_payload, deliver_webhook
 
 log = logging.getLogger(__name__)
 
-# Progress reaches Parse at least this often while memories complete.
+# Progress and errors are written in the background (issue 10), never on the writer's path: a write
+# starts once PROGRESS_EVERY_MEMORIES memories finished since the last one, or PROGRESS_EVERY_S passed,
+# with at most one write in flight per activity (so under a slow Parse the writes space out, they
+# never queue up).
 PROGRESS_EVERY_MEMORIES = 10
 PROGRESS_EVERY_S = 1.0
 HEARTBEAT_EVERY_S = 5.0
@@ -60,7 +67,7 @@ class _Progress:
         self.done: dict[int, bool] = {}  # index -> ok, for indexes at or past the checkpoint
         self.ok = start.ok
         self.failed = start.failed
-        self.reported = start.next
+        self.reported = start.ok + start.failed  # counts, not an index: a chunk starts mid-batch
         self.reported_at = time.monotonic()
 
     @property
@@ -91,9 +98,107 @@ class _Progress:
             or time.monotonic() - self.reported_at >= PROGRESS_EVERY_S
         )
 
-    def mark_reported(self) -> None:
-        self.reported = self.processed
+    def mark_reported(self, processed: int) -> None:
+        self.reported = processed
         self.reported_at = time.monotonic()
+
+
+ErrorWriter = Callable[[list[tuple[int, str | None]]], Awaitable[None]]
+ProgressWriter = Callable[[int, int, int], Awaitable[bool]]
+
+
+class _Reporter:
+    """Records errors and progress in Parse in the background, and says which checkpoint is safe.
+
+    The writer only calls :meth:`record`, which never waits for Parse. A background task writes the
+    errors, then the progress. The checkpoint heartbeated (:attr:`safe`) never runs ahead of the
+    recorded errors: it is the live checkpoint while no error waits to be written, else the one
+    taken when the last written errors were collected. So a retry resuming from it never skips a
+    failure that was not recorded (it may record one twice; readers keep one entry per index).
+    """
+
+    def __init__(
+        self, progress: _Progress, write_errors: ErrorWriter, write_progress: ProgressWriter
+    ) -> None:
+        self.progress = progress
+        self.safe = progress.checkpoint
+        self._write_errors = write_errors
+        self._write_progress = write_progress
+        self._unrecorded: list[tuple[int, str | None]] = []
+        self._in_flight = 0  # errors taken by a write that has not finished
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    def _beat(self) -> None:
+        activity.heartbeat(self.safe.as_details())
+
+    async def record(self, outcomes: list[WriteOutcome]) -> None:
+        self._unrecorded.extend((o.index, o.error) for o in outcomes if not o.ok)
+        self.progress.record(outcomes)
+        if not self._unrecorded and not self._in_flight:
+            self.safe = self.progress.checkpoint
+        self._beat()  # throttled by the SDK (the worker sends one a second at most)
+        if self._unrecorded or self.progress.report_due():
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # arrives as the event is set, and the loop would never stop.
+                async with asyncio.timeout(PROGRESS_EVERY_S):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                await self.flush()
+            except Exception as exc:  # Parse away for a moment: the next round tries again
+                log.warning("background progress write failed (retried): %s", exc)
+            self._beat()
+
+    async def flush(self) -> None:
+        """Write the waiting errors, then the progress; raise if Parse refuses (nothing is lost)."""
+        errors, self._unrecorded = self._unrecorded, []
+        snapshot = self.progress.checkpoint
+        counts = (self.progress.processed, self.progress.ok, self.progress.failed)
+        if errors:
+            self._in_flight += len(errors)
+            try:
+                await self._write_errors(errors)
+            except BaseException:
+                self._unrecorded[:0] = errors
+                raise
+            finally:
+                self._in_flight -= len(errors)
+        # Every index below the snapshot had finished, so its error was in `errors` or written before.
+        if snapshot.next > self.safe.next:
+            self.safe = snapshot
+        if not self._unrecorded and not self._in_flight:
+            self.safe = self.progress.checkpoint
+        if counts[0] > self.progress.reported:
+            await self._write_progress(*counts)
+            self.progress.mark_reported(counts[0])
+
+    async def close(self) -> None:
+        """Stop the background task and write what is left; raises if the final write fails."""
+        await self.abandon()
+        await self.flush()
+        self._beat()
+
+    async def abandon(self) -> None:
+        """Stop the background task (it finishes the write it is in, if any)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            task, self._task = self._task, None
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class BatchActivities:
@@ -103,13 +208,10 @@ class BatchActivities:
         self.writer = writer or MemoryWriter.from_settings(parse, settings)
 
     # ---- the new path -----------------------------------------------------------------------------
-    @activity.defn(name="fetch_and_process_batch_memories")
-    async def fetch_and_process_batch_memories(self, reference: BatchReference) -> BatchSummary:
-        info = activity.info()
-        resume = Checkpoint.from_details(info.heartbeat_details)
+    async def _fetch(self, reference: BatchReference, *, with_memories: bool) -> BatchMemoryRequest:
         try:
             request = await store.fetch_batch_memory_request_from_parse(
-                self.parse, self.settings, reference.request_id
+                self.parse, self.settings, reference.request_id, with_memories=with_memories
             )
         except store.BatchFileError as exc:
             # The workflow marks the request failed and notifies; the message holds no content.
@@ -127,11 +229,49 @@ class BatchActivities:
                 type="BatchRequestMissing",
                 non_retryable=True,
             )
-        if request.status in FINISHED_STATUSES:
-            return self._summary(request)
-        if request.user is None:
+        if request.status not in FINISHED_STATUSES and request.user is None:
             raise ApplicationError(
                 f"request {reference.request_id} has no owner", type="InvalidBatchRequest", non_retryable=True
+            )
+        return request
+
+    @staticmethod
+    def _context(request: BatchMemoryRequest) -> WriteContext:
+        assert request.user is not None
+        return WriteContext(
+            batch_id=request.batch_id,
+            user_id=request.user.object_id,
+            organization_id=request.organization.object_id if request.organization else None,
+        )
+
+    async def _mark_processing(self, request: BatchMemoryRequest, request_id: str) -> datetime:
+        started_at = request.started_at or _now()
+        if request.status != "processing" or request.started_at is None:
+            await store.update_batch_request_status(
+                self.parse, request_id, "processing", extra={"startedAt": started_at}
+            )
+        return started_at
+
+    @activity.defn(name="fetch_and_process_batch_memories")
+    async def fetch_and_process_batch_memories(self, reference: BatchReference) -> BatchSummary:
+        info = activity.info()
+        resume = Checkpoint.from_details(info.heartbeat_details)
+        request = await self._fetch(reference, with_memories=True)
+        if request.status in FINISHED_STATUSES:
+            return self._summary(request)
+        started_at = await self._mark_processing(request, reference.request_id)
+        if request.batch_chunk_files:
+            # A chunked batch: the workflow runs one activity per chunk, then finalize_chunked_batch.
+            chunks = len(request.batch_chunk_files)
+            log.info("batch %s: %d memories in %d chunks", request.batch_id, request.total_memories, chunks)
+            return BatchSummary(
+                request.batch_id,
+                "processing",
+                request.total_memories,
+                0,
+                0,
+                total_chunks=chunks,
+                chunk_window=max(1, self.settings.batch_chunk_window),
             )
 
         memories = request.memories or []
@@ -139,38 +279,19 @@ class BatchActivities:
         start = resume or Checkpoint()
         if resume:
             log.info("batch %s: attempt %d resumes at memory %d", request.batch_id, info.attempt, resume.next)
-        started_at = request.started_at or _now()
-        if request.status != "processing" or request.started_at is None:
-            await store.update_batch_request_status(
-                self.parse, reference.request_id, "processing", extra={"startedAt": started_at}
+
+        async def write_progress(processed: int, ok: int, failed: int) -> bool:
+            return await store.advance_batch_request_progress(
+                self.parse, reference.request_id, processed=processed, successful=ok, failed=failed
             )
 
-        progress = _Progress(start, total)
-        context = WriteContext(
-            batch_id=request.batch_id,
-            user_id=request.user.object_id,
-            organization_id=request.organization.object_id if request.organization else None,
+        progress = await self._write_all(
+            reference.request_id,
+            self._context(request),
+            iter([(i, memory) for i, memory in enumerate(memories) if i >= start.next]),
+            _Progress(start, total),
+            write_progress,
         )
-        heartbeat_task = asyncio.create_task(self._heartbeat_loop(progress))
-
-        async def on_chunk_done(outcomes: list[WriteOutcome]) -> None:
-            # Errors before the checkpoint moves past them, so a retry never skips an unrecorded one
-            # (a retry may record one twice; readers keep one entry per index).
-            await self._record_errors(
-                reference.request_id, [(o.index, o.error) for o in outcomes if not o.ok]
-            )
-            progress.record(outcomes)
-            activity.heartbeat(progress.checkpoint.as_details())
-            if progress.report_due():
-                await self._write_progress(reference.request_id, progress)
-
-        try:
-            items = [(i, memory) for i, memory in enumerate(memories) if i >= start.next]
-            await self.writer.write(context, items, on_chunk_done=on_chunk_done)
-        finally:
-            heartbeat_task.cancel()
-        activity.heartbeat(progress.checkpoint.as_details())
-
         status = final_status(total, progress.failed)
         completed_at = _now()
         await store.update_batch_request_completion(
@@ -187,21 +308,117 @@ class BatchActivities:
             await store.delete_batch_file(self.parse, reference.request_id)
         return BatchSummary(request.batch_id, status, total, progress.ok, progress.failed)
 
-    async def _heartbeat_loop(self, progress: _Progress) -> None:
+    async def _write_all(
+        self,
+        request_id: str,
+        context: WriteContext,
+        items: Iterator[tuple[int, MemoryItem]],
+        progress: _Progress,
+        write_progress: ProgressWriter,
+    ) -> _Progress:
+        """Write ``items``, with errors and progress recorded in the background; flush them at the end."""
+
+        async def write_errors(failures: list[tuple[int, str | None]]) -> None:
+            await self._record_errors(request_id, failures)
+
+        reporter = _Reporter(progress, write_errors, write_progress)
+        reporter.start()
+        heartbeat_task = asyncio.create_task(self._heartbeat_loop(reporter))
+        try:
+            await self.writer.write_stream(context, items, on_chunk_done=reporter.record)
+            await reporter.close()
+        except store.BatchFileError as exc:
+            raise ApplicationError(
+                f"batch file unusable: {exc}", type="CorruptBatchFile", non_retryable=True
+            ) from exc
+        finally:
+            heartbeat_task.cancel()
+            await reporter.abandon()
+        return progress
+
+    @activity.defn(name="process_batch_chunk")
+    async def process_batch_chunk(self, chunk_ref: ChunkReference) -> ChunkSummary:
+        """Write one chunk of a chunked batch: stream its file (inflate, parse, write), checkpointed."""
+        reference = BatchReference(chunk_ref.request_id, chunk_ref.batch_id)
+        info = activity.info()
+        request = await self._fetch(reference, with_memories=False)
+        if request.status in FINISHED_STATUSES:
+            # Finalized (or failed) already: nothing of this chunk is needed any more.
+            return ChunkSummary(chunk_ref.chunk_num, 0, 0, 0)
+        try:
+            chunk = store.chunk_of(request, chunk_ref.chunk_num)
+            data = await store.download_chunk(self.parse, request, chunk)
+        except store.BatchFileError as exc:
+            raise ApplicationError(
+                f"batch file unusable: {exc}", type="CorruptBatchFile", non_retryable=True
+            ) from exc
+        first = chunk.header.first_index
+        resume = Checkpoint.from_details(info.heartbeat_details)
+        start = resume or Checkpoint(next=first)
+        if resume:
+            log.info(
+                "batch %s chunk %d: attempt %d resumes at memory %d",
+                request.batch_id,
+                chunk_ref.chunk_num,
+                info.attempt,
+                resume.next,
+            )
+
+        async def write_progress(processed: int, ok: int, failed: int) -> bool:
+            return await store.advance_chunk_progress(
+                self.parse,
+                reference.request_id,
+                chunk_ref.chunk_num,
+                processed=processed,
+                successful=ok,
+                failed=failed,
+            )
+
+        progress = await self._write_all(
+            reference.request_id,
+            self._context(request),
+            store.chunk_memories(data, chunk, self.settings, start=start.next),
+            _Progress(start, chunk.memory_count),
+            write_progress,
+        )
+        del data
+        if progress.processed != chunk.memory_count:
+            raise ApplicationError(
+                f"chunk {chunk_ref.chunk_num} of batch {request.batch_id}: {progress.processed} of "
+                f"{chunk.memory_count} memories accounted for",
+                type="CorruptBatchFile",
+                non_retryable=True,
+            )
+        return ChunkSummary(chunk_ref.chunk_num, chunk.memory_count, progress.ok, progress.failed)
+
+    @activity.defn(name="finalize_chunked_batch")
+    async def finalize_chunked_batch(self, data: ChunkedFinalizeInput) -> BatchSummary:
+        """Finish a chunked batch with the exact totals the workflow summed from its chunks."""
+        request = await self._fetch(data.reference, with_memories=False)
+        if request.status in FINISHED_STATUSES:
+            return self._summary(request)
+        status = final_status(data.total, data.failed)
+        completed_at = _now()
+        started_at = request.started_at or completed_at
+        await store.update_batch_request_completion(
+            self.parse,
+            data.reference.request_id,
+            status=status,
+            completed_at=completed_at,
+            processing_duration_ms=int((completed_at - started_at).total_seconds() * 1000),
+            processed=data.successful + data.failed,
+            successful=data.successful,
+            failed=data.failed,
+        )
+        if self.settings.cleanup_policy == "on_completion":
+            await store.delete_batch_file(self.parse, data.reference.request_id)
+        return BatchSummary(request.batch_id, status, data.total, data.successful, data.failed)
+
+    async def _heartbeat_loop(self, reporter: _Reporter) -> None:
         # Keeps the activity alive while a slow chunk is in flight (no chunk, no heartbeat otherwise).
         while True:
             await asyncio.sleep(HEARTBEAT_EVERY_S)
-            activity.heartbeat(progress.checkpoint.as_details())
-
-    async def _write_progress(self, request_id: str, progress: _Progress) -> None:
-        await store.set_batch_request_progress(
-            self.parse,
-            request_id,
-            processed=progress.processed,
-            successful=progress.ok,
-            failed=progress.failed,
-        )
-        progress.mark_reported()
+            activity.heartbeat(reporter.safe.as_details())
 
     async def _record_errors(self, request_id: str, failures: list[tuple[int, str | None]]) -> None:
         if failures:
@@ -342,4 +559,6 @@ class BatchActivities:
             self.process_memory,
             self.finalize_batch,
             self.mark_batch_failed,
+            self.process_batch_chunk,
+            self.finalize_chunked_batch,
         ]

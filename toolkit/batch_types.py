@@ -27,6 +27,38 @@ class BatchSummary:
     successful: int
     failed: int
     webhook_sent: bool = False
+    # A chunked batch (issue 10): the first activity only starts it and answers how many chunks it
+    # has and how many chunk activities may run at once (the worker's setting, recorded in history
+    # so a replay takes the same decision). Absent in results recorded before chunking: 1 and 1.
+    total_chunks: int = 1
+    chunk_window: int = 1
+
+
+@dataclass(frozen=True)
+class ChunkReference:
+    """The input of one chunk activity: which request, which chunk. No content."""
+
+    request_id: str
+    batch_id: str
+    chunk_num: int
+
+
+@dataclass(frozen=True)
+class ChunkSummary:
+    chunk_num: int
+    total: int
+    successful: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class ChunkedFinalizeInput:
+    """The exact totals of a chunked batch, summed by the workflow from its chunks' results."""
+
+    reference: BatchReference
+    total: int
+    successful: int
+    failed: int
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ per item (error 121), which exercises the server-side rejection path.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -182,32 +183,69 @@ class MemoryWriter:
         shared = {"batchId": context.batch_id, "user": _user_pointer(context.user_id), "ACL": acl}
 
         ordered = sorted(items, key=lambda pair: pair[0])
-        chunks: Iterator[list[tuple[int, MemoryItem]]] = (
-            ordered[start : start + self.batch_size] for start in range(0, len(ordered), self.batch_size)
-        )
         outcomes: list[WriteOutcome] = []
+
+        async def collect(chunk_outcomes: list[WriteOutcome]) -> None:
+            outcomes.extend(chunk_outcomes)
+            if on_chunk_done is not None:
+                await on_chunk_done(chunk_outcomes)
+
+        await self._run(context, shared, iter(ordered), collect, workers=min(self.concurrency, len(ordered)))
+        outcomes.sort(key=lambda outcome: outcome.index)
+        return outcomes
+
+    async def write_stream(
+        self,
+        context: WriteContext,
+        items: Iterator[tuple[int, MemoryItem]],
+        *,
+        on_chunk_done: ChunkCallback,
+    ) -> None:
+        """Write items pulled lazily from ``items`` (ascending, distinct indexes), reporting per chunk.
+
+        The streaming form for big batches: at most ``concurrency`` chunks of ``batch_size`` items
+        are taken from the iterator at a time, so memory stays bounded whatever the batch size.
+        Outcomes reach the caller only through ``on_chunk_done``. An exception of the iterator
+        (e.g. a corrupt file) stops the write and propagates, like one of the callback.
+        """
+        if not context.batch_id:
+            raise ValueError("a write needs a batch id")
+        acl = batch_acl(context.user_id, context.organization_id)
+        shared = {"batchId": context.batch_id, "user": _user_pointer(context.user_id), "ACL": acl}
+        await self._run(context, shared, items, on_chunk_done, workers=self.concurrency)
+
+    async def _run(
+        self,
+        context: WriteContext,
+        shared: dict[str, Any],
+        items: Iterator[tuple[int, MemoryItem]],
+        on_chunk_done: ChunkCallback,
+        *,
+        workers: int,
+    ) -> None:
+        """``workers`` tasks take the next ``batch_size`` items whenever they are free and write them.
+
+        Taking a chunk has no await in it, so the tasks share one iterator safely and chunks are
+        taken in index order: the lowest indexes finish first, and the activity's contiguous
+        checkpoint advances steadily. Callbacks are serialised, never concurrent.
+        """
         callback_lock = asyncio.Lock()
 
         async def worker() -> None:
-            # A shared iterator: each worker takes the next chunk when it is free (no await in between).
-            for chunk in chunks:
+            while chunk := list(itertools.islice(items, self.batch_size)):
                 chunk_outcomes = await self._write_chunk(context, shared, chunk)
-                outcomes.extend(chunk_outcomes)
-                if on_chunk_done is not None:
-                    async with callback_lock:
-                        await on_chunk_done(chunk_outcomes)
+                async with callback_lock:
+                    await on_chunk_done(chunk_outcomes)
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(ordered)))]
+        tasks = [asyncio.create_task(worker()) for _ in range(workers)]
         try:
-            await asyncio.gather(*workers)
+            await asyncio.gather(*tasks)
         except BaseException:
-            # A callback failed or we were cancelled: stop the other workers before propagating.
-            for task in workers:
+            # A callback or the iterator failed, or we were cancelled: stop the others, then propagate.
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        outcomes.sort(key=lambda outcome: outcome.index)
-        return outcomes
 
     # -- one chunk ------------------------------------------------------------------------------------
     async def _write_chunk(

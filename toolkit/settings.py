@@ -82,7 +82,7 @@ class Settings:
     temporal_tls_key: str = ""
 
     # Limits of the batch API (design §4.3).
-    max_batch_memories: int = 10_000
+    max_batch_memories: int = 100_000
     max_memory_bytes: int = 15_000
     max_batch_bytes: int = 200 * 1024 * 1024
 
@@ -103,6 +103,12 @@ class Settings:
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 10.0
     worker_max_concurrent_activities: int = 50
+    # Chunked batches (issue 10): a batch of more than batch_chunk_memories memories (or more than
+    # batch_chunk_max_bytes of JSON) is stored as several gzip NDJSON chunk files of at most that
+    # size each, and processed by one activity per chunk, at most batch_chunk_window at a time.
+    batch_chunk_memories: int = 5_000
+    batch_chunk_max_bytes: int = 16 * 1024 * 1024
+    batch_chunk_window: int = 4
 
     # Derived URLs -------------------------------------------------------------------------
     @property

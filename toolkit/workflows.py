@@ -19,6 +19,9 @@ with workflow.unsafe.imports_passed_through():
         BatchFailure,
         BatchReference,
         BatchSummary,
+        ChunkedFinalizeInput,
+        ChunkReference,
+        ChunkSummary,
         LegacyBatchInput,
         LegacyFinalizeInput,
         MemoryResult,
@@ -32,8 +35,12 @@ LEGACY_WORKFLOW = "ProcessBatchMemoryWorkflow"
 # Errors that retrying cannot fix: the request is gone or malformed, or its file is unreadable.
 FATAL_ERRORS = ["BatchRequestMissing", "InvalidBatchRequest", "CorruptBatchFile"]
 
-# Sized for the biggest allowed batch (10,000 memories) on a slow Parse, with a wide margin.
+# Sized for the biggest one-file batch (one chunk, 5,000 memories by default) on a slow Parse, with a
+# wide margin; a chunk activity gets the same.
 PROCESS_TIMEOUT = timedelta(hours=2)
+# Runs started before chunked batches (issue 10) never take the chunked branch; new runs that do
+# record this marker, so a replay of either kind of history takes the branch it took live.
+CHUNKED_PATCH = "chunked-batches-v1"
 # A dead worker is noticed after this long, and the retry resumes from the last checkpoint.
 HEARTBEAT_TIMEOUT = timedelta(seconds=20)
 PROCESS_RETRY = RetryPolicy(
@@ -109,10 +116,59 @@ class ProcessBatchMemoryFromRequestWorkflow:
                 heartbeat_timeout=HEARTBEAT_TIMEOUT,
                 retry_policy=PROCESS_RETRY,
             )
+            # A one-file batch is done here, exactly as before chunking; a chunked one has only begun.
+            if summary.total_chunks > 1 and workflow.patched(CHUNKED_PATCH):
+                summary = await self._process_chunks(reference, summary)
         except ActivityError as error:
             await _fail_and_notify(reference, error)
             raise
         return await _with_webhook(reference, summary)
+
+    async def _process_chunks(self, reference: BatchReference, plan: BatchSummary) -> BatchSummary:
+        """One activity per chunk, at most ``plan.chunk_window`` in flight; the totals are their sums.
+
+        History grows by one activity per chunk, whatever the number of memories in it. Any worker on
+        the task queue may take any chunk, so several workers share one big batch.
+        """
+        results: list[ChunkSummary] = []
+        pending: dict[asyncio.Task[ChunkSummary], int] = {}
+
+        async def collect(return_when: str) -> None:
+            done, _ = await workflow.wait(list(pending), return_when=return_when)
+            for task in done:
+                pending.pop(task)
+                try:
+                    results.append(task.result())
+                except ActivityError:
+                    # This chunk gave up after its retries: the batch fails; stop the other chunks.
+                    for other in pending:
+                        other.cancel()
+                    raise
+
+        for chunk_num in range(plan.total_chunks):
+            if len(pending) >= max(1, plan.chunk_window):
+                await collect(asyncio.FIRST_COMPLETED)
+            task = workflow.start_activity(
+                "process_batch_chunk",
+                ChunkReference(reference.request_id, reference.batch_id, chunk_num),
+                result_type=ChunkSummary,
+                start_to_close_timeout=PROCESS_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=PROCESS_RETRY,
+            )
+            pending[task] = chunk_num  # type: ignore[index]
+        while pending:
+            await collect(asyncio.ALL_COMPLETED)
+        successful = sum(r.successful for r in results)
+        failed = sum(r.failed for r in results)
+        summary: BatchSummary = await workflow.execute_activity(
+            "finalize_chunked_batch",
+            ChunkedFinalizeInput(reference, plan.total, successful, failed),
+            result_type=BatchSummary,
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=STEP_RETRY,
+        )
+        return summary
 
 
 @workflow.defn(name=LEGACY_WORKFLOW)

@@ -16,7 +16,6 @@ from fastapi.responses import JSONResponse
 
 from toolkit.api.auth import AuthenticatedUser, Authenticator, AuthError, current_user
 from toolkit.api.batches import BatchService
-from toolkit.api.body import read_batch
 from toolkit.api.errors import ApiError, RequestInvalid
 from toolkit.api.rollout import RolloutReader
 from toolkit.api.schemas import (
@@ -122,8 +121,8 @@ def create_app(settings: Settings) -> FastAPI:
             ),
         ] = None,
     ) -> BatchAccepted:
-        batch = await read_batch(request, settings)
-        accepted, replayed = await _services(request).submit(user, batch, idempotency_key)
+        # The body is read as it arrives (a batch may be hundreds of megabytes): see toolkit.api.body.
+        accepted, replayed = await _services(request).submit_streamed(user, request, idempotency_key)
         response.headers["Location"] = accepted.status_url
         if replayed:
             response.headers["Idempotent-Replayed"] = "true"

@@ -30,11 +30,13 @@ import re
 import uuid
 from datetime import UTC, datetime
 
+from starlette.requests import Request
 from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from toolkit.api.auth import AuthenticatedUser, InvalidSession
+from toolkit.api.body import MemorySink, read_batch_stream
 from toolkit.api.errors import (
     ApiError,
     BatchNotFound,
@@ -44,10 +46,16 @@ from toolkit.api.errors import (
     ServiceUnavailable,
     UpstreamRefused,
 )
-from toolkit.api.legacy_limit import LegacyInputTooLarge, ensure_fits_legacy_input
+from toolkit.api.legacy_limit import (
+    LEGACY_CONTEXT_MARGIN_BYTES,
+    LEGACY_MAX_INPUT_BYTES,
+    LegacyInputTooLarge,
+    ensure_fits_legacy_input,
+    legacy_input_bytes,
+)
 from toolkit.api.progress import status_from_request, storage_of
 from toolkit.api.rollout import RolloutReader, Storage
-from toolkit.api.schemas import BATCH_ID_PATTERN, BatchAccepted, BatchRequestIn, BatchStatusOut
+from toolkit.api.schemas import BATCH_ID_PATTERN, BatchAccepted, BatchRequestIn, BatchStatusOut, MemoryIn
 from toolkit.api.temporal import TEMPORAL_CONNECT_ERRORS, TemporalConnection, TemporalUnavailable
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
@@ -193,6 +201,22 @@ class BatchService:
             # or creates anything, so a refusal here is the caller's bad input and nothing is stored.
             raise _unstorable(exc) from None
 
+        return await self._start_stored(
+            temporal, storage, request_id, batch_id, user, batch, idempotency_key, len(batch.memories)
+        )
+
+    async def _start_stored(
+        self,
+        temporal: Client,
+        storage: Storage,
+        request_id: str,
+        batch_id: str,
+        user: AuthenticatedUser,
+        batch: BatchRequestIn,
+        idempotency_key: str | None,
+        total: int,
+    ) -> tuple[BatchAccepted, bool]:
+        """Start the workflow of a stored request; on failure remove what was stored (no orphan)."""
         try:
             workflow_id = await asyncio.wait_for(
                 self._start(temporal, storage, request_id, batch_id, user, batch), START_TIMEOUT_S
@@ -217,7 +241,7 @@ class BatchService:
                 batch_id=batch_id,
                 workflow_id=workflow_id,
                 storage=storage,
-                total_memories=len(batch.memories),
+                total_memories=total,
                 status_url=status_url(batch_id),
             ),
             False,
@@ -347,6 +371,53 @@ class BatchService:
                 "batch request %s left pending: neither deleted nor marked failed (%s)", request_id, exc
             )
 
+    # -- POST /v1/memory/batch, read as a stream (issue 10) -------------------------------------------
+    async def submit_streamed(
+        self, user: AuthenticatedUser, http_request: Request, idempotency_key: str | None
+    ) -> tuple[BatchAccepted, bool]:
+        """Read the body as it arrives and store and start it; a big batch goes up in chunk files.
+
+        A batch that fits one chunk takes :meth:`submit` unchanged (same checks, same order). A bigger
+        one is decided when its first chunk is full (replay, rollout path, Temporal reachable), then
+        written chunk by chunk while the body is still arriving; if it is refused after that, every
+        chunk file already uploaded is deleted before the answer.
+        """
+        sink = _StreamedSubmission(self, user, idempotency_key)
+        try:
+            batch = await read_batch_stream(http_request, self._settings, sink)
+            if batch.memories is not None:
+                return await self.submit(user, _with_memories(batch.options, batch.memories), idempotency_key)
+            if sink.replay is not None:
+                return accepted_from_request(sink.replay), True
+            if sink.legacy is not None:
+                return await self.submit(user, _with_memories(batch.options, sink.legacy), idempotency_key)
+            assert sink.writer is not None and sink.temporal is not None
+            chunks = await sink.writer.finish()
+            options = batch.options
+            request_id = await store.create_chunked_batch_memory_request(
+                self._parse,
+                self._settings,
+                batch_id=sink.batch_id,
+                user_id=user.user_id,
+                chunks=chunks,
+                organization_id=options.organization_id,
+                namespace_id=options.namespace_id,
+                workspace_id=options.workspace_id,
+                webhook_url=options.webhook_url,
+                webhook_secret=options.webhook_secret,
+                idempotency_key=idempotency_key,
+            )
+        except ParseError as exc:
+            await sink.discard()
+            raise _unavailable_parse(exc) from exc
+        except BaseException:
+            await sink.discard()
+            raise
+        # From here the request owns its chunk files: a failed start deletes them with it.
+        return await self._start_stored(
+            sink.temporal, "reference", request_id, sink.batch_id, user, options, idempotency_key, batch.count
+        )
+
     # -- GET /v1/batch/{batch_id}/status ---------------------------------------------------------
     async def status(self, user: AuthenticatedUser, batch_id: str) -> BatchStatusOut:
         if re.fullmatch(BATCH_ID_PATTERN, batch_id) is None:
@@ -362,3 +433,77 @@ class BatchService:
         if request is None or not _owned_by(request, user):
             raise BatchNotFound()
         return status_from_request(request, datetime.now(UTC))
+
+
+def _with_memories(options: BatchRequestIn, memories: list[MemoryIn]) -> BatchRequestIn:
+    # Both parts are validated already: assemble without validating 100,000 memories again.
+    return BatchRequestIn.model_construct(**{**dict(options), "memories": memories})
+
+
+class _StreamedSubmission(MemorySink):
+    """Where the memories of a batch bigger than one chunk go while the body is still being read."""
+
+    def __init__(self, service: BatchService, user: AuthenticatedUser, idempotency_key: str | None) -> None:
+        self._service = service
+        self._user = user
+        self._key = idempotency_key
+        self.batch_id = (
+            idempotent_batch_id(user.user_id, idempotency_key) if idempotency_key else uuid.uuid4().hex
+        )
+        self.replay: BatchMemoryRequest | None = None
+        self.legacy: list[MemoryIn] | None = None
+        self._legacy_bytes = 0
+        self.writer: store.ChunkedBatchWriter | None = None
+        self.temporal: Client | None = None
+
+    async def overflow(self, first: list[MemoryIn]) -> None:
+        service = self._service
+        if self._key is not None:
+            self.replay = await service._replayable(self._user, self._key)
+            if self.replay is not None:
+                return  # the first answer is replayed; nothing of this body is stored
+        try:
+            storage = await service._rollout.storage_for(self._user.user_id)
+        except ParseError as exc:
+            raise _unavailable_parse(exc) from exc
+        if storage == "legacy":
+            # The legacy input carries the whole batch: collected (at most Temporal's 2 MiB), not chunked.
+            self.legacy = []
+            for memory in first:
+                self._add_legacy(memory)
+            return
+        self.temporal = await service._temporal_client()
+        self.writer = store.ChunkedBatchWriter(service._parse, service._settings, self.batch_id)
+        for memory in first:
+            await self._add_chunked(memory)
+
+    async def add(self, memory: MemoryIn) -> None:
+        if self.replay is not None:
+            return
+        if self.legacy is not None:
+            self._add_legacy(memory)
+        else:
+            await self._add_chunked(memory)
+
+    def _add_legacy(self, memory: MemoryIn) -> None:
+        assert self.legacy is not None
+        self.legacy.append(memory)
+        self._legacy_bytes += legacy_input_bytes([memory])[0] - LEGACY_CONTEXT_MARGIN_BYTES
+        estimate = self._legacy_bytes + LEGACY_CONTEXT_MARGIN_BYTES
+        if estimate > LEGACY_MAX_INPUT_BYTES:
+            count = len(self.legacy)
+            self.legacy = []  # refused: drop what was collected now
+            raise PayloadTooLarge(str(LegacyInputTooLarge(estimate, count, count)))
+
+    async def _add_chunked(self, memory: MemoryIn) -> None:
+        assert self.writer is not None
+        try:
+            await self.writer.add(memory.model_dump(mode="json"))
+        except ParseError as exc:
+            raise _unavailable_parse(exc) from exc
+        except CodecError as exc:
+            raise _unstorable(exc) from None
+
+    async def discard(self) -> None:
+        if self.writer is not None:
+            await self.writer.discard()

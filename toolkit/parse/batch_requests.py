@@ -23,7 +23,8 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
@@ -32,11 +33,17 @@ from pydantic import ValidationError
 from toolkit.parse._client import ParseClient
 from toolkit.parse.acl import batch_acl
 from toolkit.parse.codec import (
+    CHUNK_CODEC,
+    ChunkEncoder,
+    ChunkHeader,
+    CodecError,
     CorruptBatchFile,
     DecompressionLimitExceeded,
     EncodedBatch,
+    chunk_line,
     decode_memories,
     encode_memories,
+    iter_chunk_memories,
 )
 from toolkit.parse.errors import ObjectNotFound, ParseError, ParseUnavailable
 from toolkit.parse.models import (
@@ -56,6 +63,14 @@ from toolkit.settings import Settings
 __all__ = [
     "MAX_ERROR_CHARS",
     "BatchFileError",
+    "ChunkUploads",
+    "ChunkedBatchWriter",
+    "StoredChunk",
+    "advance_batch_request_progress",
+    "advance_chunk_progress",
+    "chunk_memories",
+    "create_chunked_batch_memory_request",
+    "download_chunk",
     "append_batch_request_errors",
     "create_batch_memory_request_in_parse",
     "delete_batch_file",
@@ -230,15 +245,20 @@ async def create_batch_memory_request_in_parse(
     return object_id
 
 
-async def _find_created_despite_error(client: ParseClient, batch_id: str, file_name: str) -> str | None:
+async def _find_created_despite_error(
+    client: ParseClient, batch_id: str, file_name: str, field: str = "batchDataFile"
+) -> str | None:
     try:
         rows = await client.find(
-            BATCH_MEMORY_REQUEST, {"batchId": batch_id}, limit=10, keys="batchDataFile", master=True
+            BATCH_MEMORY_REQUEST, {"batchId": batch_id}, limit=10, keys=field, master=True
         )
     except ParseError:
         return None
     for row in rows:
-        if (row.get("batchDataFile") or {}).get("name") == file_name:
+        stored = row.get(field) or {}
+        # batchChunkFiles is an Array of Files: its first file identifies the upload.
+        first = (stored[0] if stored else {}) if isinstance(stored, list) else stored
+        if first.get("name") == file_name:
             return str(row["objectId"])
     return None
 
@@ -283,6 +303,9 @@ async def _download_memories(
     file = request.batch_data_file
     storage = request.batch_metadata.storage if request.batch_metadata else "reference"
     finished = request.status in FINISHED_STATUSES
+    if file is None and request.batch_chunk_files:
+        # A chunked batch: each chunk activity reads its own file (download_chunk).
+        return None
     if file is None:
         # A legacy batch has no file, and a finished one may have had it cleaned up.
         if storage == "legacy" or finished:
@@ -471,39 +494,380 @@ async def mark_webhook_sent(client: ParseClient, request_id: str) -> None:
 # ---- delete ----------------------------------------------------------------------------------------
 
 
-async def _stored_file(client: ParseClient, request_id: str) -> tuple[bool, ParseFile | None]:
-    """(exists, file) of a request, read with the master key."""
+async def _stored_files(client: ParseClient, request_id: str) -> tuple[bool, list[ParseFile]]:
+    """(exists, files) of a request, read with the master key: its batch file or its chunk files."""
     validate_object_id(request_id)
     try:
         data = await client.get_object(BATCH_MEMORY_REQUEST, request_id, master=True)
     except ObjectNotFound:
-        return False, None
-    raw = data.get("batchDataFile")
-    return True, ParseFile.model_validate(raw) if raw else None
+        return False, []
+    raw = [data["batchDataFile"]] if data.get("batchDataFile") else []
+    raw += data.get("batchChunkFiles") or []
+    return True, [ParseFile.model_validate(file) for file in raw]
 
 
 async def delete_batch_file(client: ParseClient, request_id: str) -> bool:
-    """Delete the request's batch file and unset ``batchDataFile``. True if a file was deleted.
+    """Delete the request's batch file (or chunk files) and unset the field. True if a file was deleted.
 
-    The file goes first: if unsetting the field then fails, a rerun finds the file gone and only
+    The files go first: if unsetting the field then fails, a rerun finds them gone and only
     unsets, and a finished request with a dangling reference still reads fine.
     """
-    exists, file = await _stored_file(client, request_id)
-    if not exists or file is None:
+    exists, files = await _stored_files(client, request_id)
+    if not exists or not files:
         return False
-    deleted = await delete_file_if_present(client, file)
-    await _update(client, request_id, {"batchDataFile": {"__op": "Delete"}})
-    return deleted
+    deleted = [await delete_file_if_present(client, file) for file in files]
+    await _update(
+        client, request_id, {"batchDataFile": {"__op": "Delete"}, "batchChunkFiles": {"__op": "Delete"}}
+    )
+    return any(deleted)
 
 
 async def delete_batch_request(client: ParseClient, request_id: str) -> None:
-    """Delete the request and its file. A request that does not exist is not an error."""
-    exists, file = await _stored_file(client, request_id)
+    """Delete the request and its files. A request that does not exist is not an error."""
+    exists, files = await _stored_files(client, request_id)
     if not exists:
         return
-    if file is not None:
+    for file in files:
         await delete_file_if_present(client, file)
     try:
         await client.delete_object(BATCH_MEMORY_REQUEST, request_id, master=True)
     except ObjectNotFound:
         pass
+
+
+# ---- chunked batches (issue 10) ------------------------------------------------------------------------
+#
+# A batch of more than ``batch_chunk_memories`` memories is stored as several gzip NDJSON chunk files
+# (toolkit.parse.codec), referenced in order by the request's ``batchChunkFiles`` (an Array of Files);
+# ``batchMetadata.chunk_memory_counts`` gives each chunk's memory count and ``total_chunks`` their
+# number. One activity per chunk writes it; ``chunkProgress.c<k>`` holds each chunk's counters.
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """One uploaded chunk file and what it holds."""
+
+    file: ParseFile
+    memory_count: int
+    raw_size: int
+    compressed_size: int
+
+
+def _chunk_file_name(batch_id: str, chunk_num: int) -> str:
+    return f"{batch_id}.chunk{chunk_num:05d}.ndjson.gz"
+
+
+class ChunkUploads:
+    """The chunk files of one batch being stored, uploaded while the next chunk fills.
+
+    At most one upload is in flight, so the API holds at most the chunk being uploaded and the one
+    being filled. :meth:`discard` deletes every uploaded file when the batch is refused after all.
+    """
+
+    def __init__(self, client: ParseClient, batch_id: str) -> None:
+        validate_object_id(batch_id)
+        self._client = client
+        self._batch_id = batch_id
+        self._pending: asyncio.Task[StoredChunk] | None = None
+        self.stored: list[StoredChunk] = []
+
+    @property
+    def started(self) -> int:
+        """How many chunks were handed over (uploaded or uploading)."""
+        return len(self.stored) + (1 if self._pending is not None else 0)
+
+    async def add(self, encoded: EncodedBatch, memory_count: int) -> None:
+        await self._settle()
+        name = _chunk_file_name(self._batch_id, len(self.stored))
+        self._pending = asyncio.create_task(self._upload(name, encoded, memory_count))
+
+    async def _upload(self, name: str, encoded: EncodedBatch, memory_count: int) -> StoredChunk:
+        # POST is not retried: a repeat upload would leave a second, unreferenced file.
+        answer = await self._client.upload_file(name, encoded.data, BATCH_FILE_CONTENT_TYPE, master=True)
+        return StoredChunk(
+            ParseFile(name=answer["name"], url=answer.get("url")),
+            memory_count,
+            encoded.raw_size,
+            encoded.compressed_size,
+        )
+
+    async def _settle(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.stored.append(await pending)
+
+    async def finish(self) -> list[StoredChunk]:
+        await self._settle()
+        return list(self.stored)
+
+    async def discard(self) -> None:
+        """Delete every chunk uploaded so far (the one in flight too, once it lands)."""
+        try:
+            await self._settle()
+        except Exception as exc:  # the failed upload stored nothing
+            log.warning("batch %s: chunk upload failed while discarding: %s", self._batch_id, exc)
+        for chunk in self.stored:
+            await _discard_upload(self._client, chunk.file, self._batch_id)
+        self.stored = []
+
+
+async def create_chunked_batch_memory_request(
+    client: ParseClient,
+    settings: Settings,
+    *,
+    batch_id: str,
+    user_id: str,
+    chunks: Sequence[StoredChunk],
+    organization_id: str | None = None,
+    namespace_id: str | None = None,
+    workspace_id: str | None = None,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+    idempotency_key: str | None = None,
+) -> str:
+    """Create the request of a chunked batch whose chunk files are uploaded; return its objectId.
+
+    The caller owns the files until this returns: on an error it deletes them (ChunkUploads.discard),
+    unless the create's answer was lost yet the object exists, in which case its id is returned.
+    """
+    if len(chunks) < 2:
+        raise ValueError("a chunked batch has at least two chunks")
+    for name, value in (
+        ("batch_id", batch_id),
+        ("user_id", user_id),
+        ("organization_id", organization_id),
+        ("namespace_id", namespace_id),
+        ("workspace_id", workspace_id),
+    ):
+        if value is not None:
+            try:
+                validate_object_id(value)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+    total = sum(chunk.memory_count for chunk in chunks)
+    raw_size = sum(chunk.raw_size for chunk in chunks)
+    compressed_size = sum(chunk.compressed_size for chunk in chunks)
+    request = BatchMemoryRequest(
+        batch_id=batch_id,
+        request_id=batch_id,
+        user=user_id,
+        organization=organization_id,
+        namespace=namespace_id,
+        workspace=workspace_id,
+        batch_chunk_files=[chunk.file for chunk in chunks],
+        batch_metadata=BatchMetadata(
+            memory_count=total,
+            total_size_bytes=raw_size,
+            compressed_size_bytes=compressed_size,
+            compression_ratio=round(raw_size / compressed_size, 2) if compressed_size else 0.0,
+            codec=CHUNK_CODEC,
+            # The request is the whole batch (part 1 of 1 of the submission); its files are
+            # total_chunks chunks, each of chunk_memory_counts[k] memories.
+            chunk_num=1,
+            total_chunks=len(chunks),
+            chunk_memory_counts=[chunk.memory_count for chunk in chunks],
+            source="batch_api",
+            created_at=_now(),
+            storage="reference",
+        ),
+        status="pending",
+        total_memories=total,
+        processed_count=0,
+        success_count=0,
+        fail_count=0,
+        errors=[],
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+        webhook_sent=False,
+        idempotency_key=idempotency_key,
+    )
+    body = {**request.to_parse(), "ACL": batch_acl(user_id, organization_id)}
+    log.info(
+        "batch %s: %d memories in %d chunks, %d raw bytes -> %d stored bytes (%s)",
+        batch_id,
+        total,
+        len(chunks),
+        raw_size,
+        compressed_size,
+        CHUNK_CODEC,
+    )
+    try:
+        created = await client.create_object(BATCH_MEMORY_REQUEST, body, master=True)
+    except ParseUnavailable:
+        existing = await _find_created_despite_error(client, batch_id, chunks[0].file.name, "batchChunkFiles")
+        if existing is not None:
+            return existing
+        raise
+    return str(created["objectId"])
+
+
+@dataclass(frozen=True)
+class ChunkToProcess:
+    """Where chunk ``header.chunk_num`` of a request starts and how many memories it holds."""
+
+    header: ChunkHeader
+    memory_count: int
+    file: ParseFile
+
+
+def chunk_of(request: BatchMemoryRequest, chunk_num: int) -> ChunkToProcess:
+    """Locate a chunk of a chunked request; :class:`BatchFileError` if the request has no such chunk."""
+    files = request.batch_chunk_files or []
+    counts = (request.batch_metadata.chunk_memory_counts if request.batch_metadata else None) or []
+    if len(files) != len(counts) or not 0 <= chunk_num < len(files):
+        raise BatchFileError(
+            f"request {request.object_id} (batch {request.batch_id}) has no chunk {chunk_num} "
+            f"({len(files)} chunk files, {len(counts)} chunk counts)"
+        )
+    header = ChunkHeader(request.batch_id, chunk_num, sum(counts[:chunk_num]))
+    return ChunkToProcess(header, counts[chunk_num], files[chunk_num])
+
+
+async def download_chunk(client: ParseClient, request: BatchMemoryRequest, chunk: ChunkToProcess) -> bytes:
+    """The chunk file's compressed bytes (at most one chunk in memory); :class:`BatchFileError` if gone."""
+    try:
+        return await client.download(chunk.file.url or _file_url(client, chunk.file.name))
+    except ObjectNotFound as exc:
+        raise BatchFileError(
+            f"chunk file {chunk.file.name} of request {request.object_id} is missing: {exc}"
+        ) from exc
+
+
+def chunk_memories(
+    data: bytes, chunk: ChunkToProcess, settings: Settings, *, start: int = 0
+) -> Iterator[tuple[int, MemoryItem]]:
+    """The chunk's ``(batch index, memory)`` pairs from index ``start`` on, decoded one line at a time.
+
+    Raises :class:`BatchFileError` (not retryable) for a corrupt chunk or one whose memory count is
+    not the one the request records; messages name indexes and error types, never content.
+    """
+    seen = 0
+    try:
+        for index, plain in iter_chunk_memories(data, chunk.header, settings.max_decompressed_bytes):
+            seen += 1
+            if index < start:
+                continue
+            try:
+                yield index, MemoryItem.model_validate(plain)
+            except ValidationError as exc:
+                first = exc.errors(include_input=False)[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise BatchFileError(
+                    f"chunk {chunk.header.chunk_num} of batch {chunk.header.batch_id}: memory {index} "
+                    f"is invalid: {where}: {first['type']}"
+                ) from None
+    except CodecError as exc:
+        raise BatchFileError(f"chunk file {chunk.file.name} is unusable: {exc}") from exc
+    if seen != chunk.memory_count:
+        raise BatchFileError(
+            f"chunk file {chunk.file.name} holds {seen} memories; the request records {chunk.memory_count}"
+        )
+
+
+# ---- monotonic progress (issue 11) -------------------------------------------------------------------
+#
+# An attempt that lives on after its heartbeat timeout (or a retry resuming from a lagging checkpoint)
+# may hold lower counts than the ones already stored. Progress is therefore written only forward:
+# read, compare, write. Each chunk has its own counters (only the attempts of that chunk race), and the
+# request's totals move by Increment of each chunk's difference, so the chunks add up exactly.
+# The read-then-write leaves a window of one round trip in which two attempts of the same chunk can
+# both pass the check; the final counts are set absolutely at completion, from the workflow's sums.
+
+
+_COUNTERS = ("processedCount", "successCount", "failCount")
+
+
+async def _read_fields(client: ParseClient, request_id: str, keys: str) -> dict[str, Any] | None:
+    rows = await client.find(BATCH_MEMORY_REQUEST, {"objectId": request_id}, limit=1, keys=keys, master=True)
+    return rows[0] if rows else None
+
+
+def _forward(stored: Sequence[int], new: Sequence[int]) -> bool:
+    """True if ``new`` (processed, ok, failed) moves past ``stored`` without any count going down."""
+    return new[0] > stored[0] and all(n >= s for s, n in zip(stored, new, strict=True))
+
+
+async def advance_batch_request_progress(
+    client: ParseClient, request_id: str, *, processed: int, successful: int, failed: int
+) -> bool:
+    """Set the counters of a one-file batch, only forward and only while it runs. True if written."""
+    validate_object_id(request_id)
+    stored = await _read_fields(client, request_id, f"status,{','.join(_COUNTERS)}")
+    if stored is None or stored.get("status") in FINISHED_STATUSES:
+        return False
+    before = [int(stored.get(name) or 0) for name in _COUNTERS]
+    if not _forward(before, (processed, successful, failed)):
+        return False
+    await set_batch_request_progress(
+        client, request_id, processed=processed, successful=successful, failed=failed
+    )
+    return True
+
+
+async def advance_chunk_progress(
+    client: ParseClient, request_id: str, chunk_num: int, *, processed: int, successful: int, failed: int
+) -> bool:
+    """Move chunk ``chunk_num``'s counters forward, and the request's totals by the same amounts."""
+    validate_object_id(request_id)
+    stored = await _read_fields(client, request_id, "status,chunkProgress")
+    if stored is None or stored.get("status") in FINISHED_STATUSES:
+        return False
+    key = f"c{chunk_num}"
+    entry = (stored.get("chunkProgress") or {}).get(key) or {}
+    before = [int(entry.get(name) or 0) for name in ("processed", "ok", "failed")]
+    new = (processed, successful, failed)
+    if not _forward(before, new):
+        return False
+    body: dict[str, Any] = {
+        f"chunkProgress.{key}": {"processed": processed, "ok": successful, "failed": failed}
+    }
+    for name, old, value in zip(_COUNTERS, before, new, strict=True):
+        if value > old:
+            body[name] = {"__op": "Increment", "amount": value - old}
+    await _update(client, request_id, body)
+    return True
+
+
+class ChunkedBatchWriter:
+    """Encodes the memories of a big batch into chunk files as they arrive and uploads each full one.
+
+    A chunk closes at ``batch_chunk_memories`` memories or before its JSON passes
+    ``batch_chunk_max_bytes``, so every chunk file stays under Parse's upload limit (gzip never
+    grows data by more than a few bytes per 16 KiB). Holds the chunk being filled (compressed) and
+    at most one being uploaded.
+    """
+
+    def __init__(self, client: ParseClient, settings: Settings, batch_id: str) -> None:
+        self._settings = settings
+        self._batch_id = batch_id
+        self.uploads = ChunkUploads(client, batch_id)
+        self._encoder: ChunkEncoder | None = None
+        self._next_index = 0
+
+    async def add(self, memory: Mapping[str, Any]) -> None:
+        line = chunk_line(memory)
+        encoder = self._encoder
+        if encoder is not None and (
+            encoder.count >= self._settings.batch_chunk_memories
+            or encoder.raw_size + len(line) > self._settings.batch_chunk_max_bytes
+        ):
+            await self._close()
+            encoder = None
+        if encoder is None:
+            header = ChunkHeader(self._batch_id, self.uploads.started, self._next_index)
+            encoder = self._encoder = ChunkEncoder(header, level=self._settings.gzip_level)
+        encoder.add_line(line)
+        self._next_index += 1
+
+    async def _close(self) -> None:
+        if self._encoder is not None and self._encoder.count:
+            encoder, self._encoder = self._encoder, None
+            await self.uploads.add(encoder.finish(), encoder.count)
+
+    async def finish(self) -> list[StoredChunk]:
+        await self._close()
+        return await self.uploads.finish()
+
+    async def discard(self) -> None:
+        self._encoder = None
+        await self.uploads.discard()

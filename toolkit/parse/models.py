@@ -252,10 +252,13 @@ class BatchMetadata(BaseModel):
     source: str = "batch_api"
     created_at: ParseDatetime
     storage: Literal["reference", "legacy"]
+    # Chunked batches only: the memory count of each chunk file, in order (chunk k starts at the sum
+    # of the counts before it).
+    chunk_memory_counts: list[int] | None = None
 
     def to_parse(self) -> dict[str, Any]:
         # An Object field: nested values stay plain JSON (the date as an ISO string).
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 # Python field name -> Parse field name. Only these cross the wire.
@@ -283,6 +286,8 @@ _PARSE_FIELDS: dict[str, str] = {
     "completed_at": "completedAt",
     "processing_duration_ms": "processingDurationMs",
     "idempotency_key": "idempotencyKey",
+    "batch_chunk_files": "batchChunkFiles",
+    "chunk_progress": "chunkProgress",
 }
 # Set by Parse itself: read, never written.
 _SERVER_FIELDS: dict[str, str] = {
@@ -333,6 +338,10 @@ class BatchMemoryRequest(BaseModel):
     completed_at: ParseDatetime | None = None
     processing_duration_ms: int | None = None
     idempotency_key: str | None = None
+    # A chunked batch (issue 10): its chunk files in order, instead of batch_data_file, and the
+    # progress of each chunk ({"c<k>": {"processed", "ok", "failed"}}), written by its activity.
+    batch_chunk_files: list[ParseFile] | None = None
+    chunk_progress: dict[str, Any] | None = None
 
     # Not a Parse field: the decoded batch file, filled in after download.
     memories: list[MemoryItem] | None = None
@@ -385,6 +394,8 @@ class BatchMemoryRequest(BaseModel):
                 value = to_parse_date(value)
             elif name == "errors":
                 value = [error.to_parse() for error in value]
+            elif name == "batch_chunk_files":
+                value = [file.to_parse() for file in value]
             body[parse_name] = value
         return body
 

@@ -64,6 +64,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "completedAt": {"type": "Date"},
             "processingDurationMs": {"type": "Number"},
             "idempotencyKey": {"type": "String"},
+            "batchChunkFiles": {"type": "Array"},
+            "chunkProgress": {"type": "Object"},
         },
         "indexes": {
             "BatchMemoryRequest_batchId": {"batchId": 1},
