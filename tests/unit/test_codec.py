@@ -185,3 +185,81 @@ def test_damaged_checksum_and_trailing_bytes_are_corrupt() -> None:
 def test_errors_share_one_base() -> None:
     assert issubclass(CorruptBatchFile, CodecError)
     assert issubclass(DecompressionLimitExceeded, CodecError)
+
+
+# ---- chunk files (issue 10) ------------------------------------------------------------------------
+
+from toolkit.parse.codec import ChunkEncoder, ChunkHeader, iter_chunk_memories  # noqa: E402
+
+HEADER = ChunkHeader("batch1", 2, 10)
+
+
+def _chunk(memories: list[dict], header: ChunkHeader = HEADER) -> bytes:
+    encoder = ChunkEncoder(header)
+    for memory in memories:
+        encoder.add(memory)
+    return encoder.finish().data
+
+
+def test_chunk_file_round_trips_with_batch_indexes_and_is_deterministic() -> None:
+    memories = [{"content": f"m{i} é", "metadata": {"i": i}} for i in range(3)]
+    data = _chunk(memories)
+    assert data == _chunk(memories)
+    assert list(iter_chunk_memories(data, HEADER, 1 << 20)) == [
+        (10, memories[0]),
+        (11, memories[1]),
+        (12, memories[2]),
+    ]
+    lines = gzip.decompress(data).split(b"\n")
+    assert json.loads(lines[0]) == {"version": 2, "batch_id": "batch1", "chunk_num": 2, "first_index": 10}
+    assert len(lines) == 5 and lines[-1] == b""  # header, three memories, final newline
+
+
+def test_chunk_encoder_counts_raw_bytes_exactly() -> None:
+    encoder = ChunkEncoder(HEADER)
+    sizes = [encoder.add({"content": "x" * n}) for n in (1, 10, 100)]
+    encoded = encoder.finish()
+    assert encoded.raw_size == len(gzip.decompress(encoded.data))
+    assert sizes == [len(b'{"content":"x"}\n') + n - 1 for n in (1, 10, 100)]
+    assert encoded.codec == "gzip+ndjson"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_chunk([{"content": "x"}], ChunkHeader("other", 2, 10)), "header does not match"),
+        (_chunk([{"content": "x"}], ChunkHeader("batch1", 3, 10)), "header does not match"),
+        (gzip.compress(b'{"version": 1}\n', mtime=0), "unsupported chunk file version"),
+        (
+            gzip.compress(json.dumps(HEADER.to_json()).encode() + b"\n[1]\n", mtime=0),
+            "memory 10",
+        ),
+        (gzip.compress(json.dumps(HEADER.to_json()).encode() + b"\n{oops\n", mtime=0), "not valid JSON"),
+        (gzip.compress(json.dumps(HEADER.to_json()).encode() + b'\n{"content": "x"}', mtime=0), "truncated"),
+        (gzip.compress(b"", mtime=0), "no header line"),
+        (b"not gzip at all", "not a valid gzip stream"),
+    ],
+    ids=[
+        "other batch",
+        "other chunk",
+        "old version",
+        "not an object",
+        "bad json",
+        "no newline",
+        "empty",
+        "not gzip",
+    ],
+)
+def test_chunk_file_that_is_not_the_expected_chunk_is_refused(data: bytes, message: str) -> None:
+    with pytest.raises(CorruptBatchFile, match=message):
+        list(iter_chunk_memories(data, HEADER, 1 << 20))
+
+
+def test_chunk_file_over_the_limit_is_refused_while_streaming() -> None:
+    data = _chunk([{"content": "x" * 1000} for _ in range(1000)])
+    taken = []
+    with pytest.raises(DecompressionLimitExceeded):
+        for pair in iter_chunk_memories(data, HEADER, 600_000):
+            taken.append(pair)
+    # Memories before the limit were handed out as they inflated, never the whole file at once.
+    assert 0 < len(taken) < 1000

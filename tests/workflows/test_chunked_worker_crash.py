@@ -14,7 +14,9 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from temporalio.client import Client
@@ -228,3 +230,39 @@ async def test_chunk_progress_moves_only_forward_and_adds_up(
     assert not await advance(parse, request_id, 2, processed=200, successful=200, failed=0)
     assert (await counters())[0] == 600
     await store.delete_batch_request(parse, request_id)
+
+
+async def test_cleanup_removes_chunk_files_of_finished_batches_and_keeps_running_ones(
+    parse: ParseClient, worker_settings: Settings, user: ParseUser
+) -> None:
+    from toolkit.parse.cleanup import cleanup_finished_files, local_files_dir
+
+    running_id, running_batch = await store_chunked(parse, worker_settings, user, 1100)
+    finished_id, finished_batch = await store_chunked(parse, worker_settings, user, 600)
+    await store.update_batch_request_status(parse, running_id, "processing")
+    await store.update_batch_request_status(
+        parse, finished_id, "completed", extra={"completedAt": datetime.now(UTC)}
+    )
+    directory = local_files_dir(worker_settings)
+    assert directory is not None
+
+    def files_of(batch_id: str) -> list[Path]:
+        return [path for path in directory.iterdir() if batch_id in path.name]
+
+    # The running batch's files look old enough to be orphans: only their reference keeps them.
+    old = time.time() - 7200
+    for path in files_of(running_batch):
+        os.utime(path, (old, old))
+    assert (len(files_of(running_batch)), len(files_of(finished_batch))) == (3, 2)
+
+    report = await cleanup_finished_files(parse, worker_settings, older_than_days=0)
+    assert not report.errors, report.errors
+    assert len(files_of(running_batch)) == 3
+    assert files_of(finished_batch) == []
+    finished = await store.fetch_batch_memory_request_from_parse(
+        parse, worker_settings, finished_id, with_memories=False
+    )
+    assert finished is not None and finished.batch_chunk_files is None
+    await store.delete_batch_request(parse, running_id)
+    await store.delete_batch_request(parse, finished_id)
+    assert files_of(running_batch) == []

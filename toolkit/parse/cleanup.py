@@ -111,6 +111,27 @@ async def _clean_finished(client: ParseClient, report: CleanupReport, cutoff: da
                 report.errors.append(f"request {row['objectId']}: file {file.name}: {exc}")
                 continue
             report.files_deleted.append(file.name)
+    # Chunked batches (issue 10): every chunk file of a finished request, then the reference.
+    chunked = {key: value for key, value in where.items() if key != "batchDataFile"}
+    chunked["batchChunkFiles"] = {"$exists": True}
+    async for rows in _pages(client, chunked, keys="batchChunkFiles,status,completedAt"):
+        for row in rows:
+            report.finished_requests_matched += 1
+            files = [ParseFile.model_validate(file) for file in row.get("batchChunkFiles") or []]
+            if not report.dry_run:
+                try:
+                    for file in files:
+                        await delete_file_if_present(client, file)
+                    await client.update_object(
+                        BATCH_MEMORY_REQUEST,
+                        row["objectId"],
+                        {"batchChunkFiles": {"__op": "Delete"}},
+                        master=True,
+                    )
+                except ParseError as exc:
+                    report.errors.append(f"request {row['objectId']}: chunk files: {exc}")
+                    continue
+            report.files_deleted.extend(file.name for file in files)
 
 
 async def _referenced_names(client: ParseClient) -> set[str]:
@@ -119,6 +140,9 @@ async def _referenced_names(client: ParseClient) -> set[str]:
     names: set[str] = set()
     async for rows in _pages(client, {"batchDataFile": {"$exists": True}}, keys="batchDataFile"):
         names.update(row["batchDataFile"]["name"] for row in rows if row.get("batchDataFile"))
+    # A chunked batch (issue 10) references its chunk files from batchChunkFiles instead.
+    async for rows in _pages(client, {"batchChunkFiles": {"$exists": True}}, keys="batchChunkFiles"):
+        names.update(file["name"] for row in rows for file in row.get("batchChunkFiles") or [])
     return names
 
 
