@@ -12,6 +12,7 @@ from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import MemoryItem
 from toolkit.settings import Settings
+from toolkit.timing import span
 from toolkit.workflows import LEGACY_WORKFLOW, NEW_WORKFLOW
 
 
@@ -23,14 +24,15 @@ async def start_batch_workflow_with_reference(
     temporal: Client, parse: ParseClient, settings: Settings, *, request_id: str, batch_id: str
 ) -> str:
     """Start the new path with only ``{"request_id", "batch_id"}`` as input; record the ids on the request."""
-    handle = await temporal.start_workflow(
-        NEW_WORKFLOW,
-        BatchReference(request_id=request_id, batch_id=batch_id),
-        id=workflow_id_for(batch_id),
-        task_queue=settings.temporal_task_queue,
-        # One batch, one workflow: a repeated start for the same batch is refused by the server.
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-    )
+    with span("temporal.start"):
+        handle = await temporal.start_workflow(
+            NEW_WORKFLOW,
+            BatchReference(request_id=request_id, batch_id=batch_id),
+            id=workflow_id_for(batch_id),
+            task_queue=settings.temporal_task_queue,
+            # One batch, one workflow: a repeated start for the same batch is refused by the server.
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
     await store.record_workflow(parse, request_id, handle.id, handle.result_run_id or "")
     return handle.id
 
