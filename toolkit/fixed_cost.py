@@ -313,3 +313,14 @@ def format_summary(rows: Sequence[PartRow]) -> list[str]:
                 f"   {r.breakdown:<8} {r.part:<44} {r.p50_ms:>8.1f} {r.p95_ms:>8.1f} {r.mean_ms:>8.1f}"
             )
     return lines
+
+
+async def compare_variants(
+    settings: Settings, session_token: str, variants: Sequence[Any], *, runs: int = 20, warmup: int = 2
+) -> list[FixedCostRun]:
+    """Start each :class:`toolkit.variants.Variant` and measure them all in one run, alternating."""
+    from toolkit.variants import running
+
+    async with running(settings, list(variants)) as started:
+        urls = {v.variant.label: v.api_url for v in started}
+        return await measure_fixed_cost(settings, session_token, runs=runs, warmup=warmup, api_urls=urls)
