@@ -74,7 +74,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(STOP_GRACE_S)
 
 
-async def _wait_ready(api_url: str, ready_files: list[Path], processes: list[subprocess.Popen[bytes]]) -> None:
+async def _wait_ready(
+    api_url: str, ready_files: list[Path], processes: list[subprocess.Popen[bytes]]
+) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     async with httpx.AsyncClient(base_url=api_url, timeout=2.0) as http:
         while time.monotonic() < deadline:
