@@ -185,7 +185,14 @@ class BatchActivities:
         )
         if self.settings.cleanup_policy == "on_completion":
             await store.delete_batch_file(self.parse, reference.request_id)
-        return BatchSummary(request.batch_id, status, total, progress.ok, progress.failed)
+        return BatchSummary(
+            request.batch_id,
+            status,
+            total,
+            progress.ok,
+            progress.failed,
+            webhook_configured=bool(request.webhook_url),
+        )
 
     async def _heartbeat_loop(self, progress: _Progress) -> None:
         # Keeps the activity alive while a slow chunk is in flight (no chunk, no heartbeat otherwise).
@@ -224,6 +231,7 @@ class BatchActivities:
             request.success_count or 0,
             request.fail_count or 0,
             bool(request.webhook_sent),
+            webhook_configured=bool(request.webhook_url),
         )
 
     # ---- both paths ----------------------------------------------------------------------------------
