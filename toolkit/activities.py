@@ -141,8 +141,12 @@ class BatchActivities:
             log.info("batch %s: attempt %d resumes at memory %d", request.batch_id, info.attempt, resume.next)
         started_at = request.started_at or _now()
         if request.status != "processing" or request.started_at is None:
+            # The run id too: the API stores workflowId at create and leaves the run id to this write.
             await store.update_batch_request_status(
-                self.parse, reference.request_id, "processing", extra={"startedAt": started_at}
+                self.parse,
+                reference.request_id,
+                "processing",
+                extra={"startedAt": started_at, "workflowRunId": info.workflow_run_id},
             )
 
         progress = _Progress(start, total)

@@ -21,9 +21,20 @@ def workflow_id_for(batch_id: str) -> str:
 
 
 async def start_batch_workflow_with_reference(
-    temporal: Client, parse: ParseClient, settings: Settings, *, request_id: str, batch_id: str
+    temporal: Client,
+    parse: ParseClient,
+    settings: Settings,
+    *,
+    request_id: str,
+    batch_id: str,
+    record: bool = True,
 ) -> str:
-    """Start the new path with only ``{"request_id", "batch_id"}`` as input; record the ids on the request."""
+    """Start the new path with only ``{"request_id", "batch_id"}`` as input; record the ids on the request.
+
+    ``record=False`` when the request was created with its ``workflowId`` already (the id is derived
+    from the batch id): the worker then records the run id with its first write, and the submit
+    saves a Parse round trip.
+    """
     with span("temporal.start"):
         handle = await temporal.start_workflow(
             NEW_WORKFLOW,
@@ -33,7 +44,8 @@ async def start_batch_workflow_with_reference(
             # One batch, one workflow: a repeated start for the same batch is refused by the server.
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
-    await store.record_workflow(parse, request_id, handle.id, handle.result_run_id or "")
+    if record:
+        await store.record_workflow(parse, request_id, handle.id, handle.result_run_id or "")
     return handle.id
 
 
