@@ -106,12 +106,13 @@ def timeline_parts(events: Sequence[HistoryEvent], submitted_at_ms: float) -> di
     if not events:
         return parts
     add("submit", _event_ms(events[0]) - submitted_at_ms)
+    # Intervals in integer nanoseconds: epoch milliseconds as floats would blur them.
     activity_names: dict[int, str] = {}
     seen: dict[str, int] = {}
     wft = 0
-    previous = _event_ms(events[0])
+    previous = events[0].event_time.ToNanoseconds()
     for event in events[1:]:
-        now = _event_ms(event)
+        now = event.event_time.ToNanoseconds()
         kind = event.event_type
         if kind == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
             wft += 1
@@ -133,7 +134,7 @@ def timeline_parts(events: Sequence[HistoryEvent], submitted_at_ms: float) -> di
         else:
             # Bookkeeping events written together with the one before (scheduled, completed): ~0 ms.
             name = f"other.{_short(kind)}"
-        add(name, now - previous)
+        add(name, (now - previous) / 1e6)
         previous = now
     return parts
 

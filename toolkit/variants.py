@@ -122,7 +122,8 @@ async def running(settings: Settings, variants: list[Variant]) -> AsyncIterator[
             pids = {"api": api.pid}
             ready: list[Path] = []
             for n in range(variant.workers):
-                ready_file = settings.stack_dir / "pids" / f"variant-{variant.label}-{n}.ready"
+                ready_file = settings.stack_dir / "run" / f"variant-{variant.label}-{n}.ready"
+                ready_file.parent.mkdir(parents=True, exist_ok=True)
                 ready_file.unlink(missing_ok=True)
                 worker = _spawn(
                     [sys.executable, "-m", "toolkit", "worker", "--ready-file", str(ready_file)],
