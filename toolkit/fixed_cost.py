@@ -21,6 +21,7 @@ context (machine, load), never as bare promises.
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -85,18 +86,15 @@ class PartRow:
     mean_ms: float
 
 
-def _event_ms(event: HistoryEvent) -> float:
-    return event.event_time.ToNanoseconds() / 1e6
-
-
 def _short(event_type: int) -> str:
     return EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower()
 
 
-def timeline_parts(events: Sequence[HistoryEvent], submitted_at_ms: float) -> dict[str, float]:
-    """Name every interval from the client's send to the last event; the values sum to the whole.
+def timeline_parts(events: Sequence[HistoryEvent], submitted_at_ns: int) -> dict[str, float]:
+    """Name every interval (ms) from the client's send to the last event; the values sum to the whole.
 
-    ``submitted_at_ms`` is the client's wall clock (epoch ms) when it sent the POST.
+    ``submitted_at_ns`` is the client's wall clock (``time.time_ns()``) when it sent the POST. All
+    arithmetic is on integer nanoseconds: epoch milliseconds as floats would blur the intervals.
     """
     parts: dict[str, float] = {}
 
@@ -105,8 +103,7 @@ def timeline_parts(events: Sequence[HistoryEvent], submitted_at_ms: float) -> di
 
     if not events:
         return parts
-    add("submit", _event_ms(events[0]) - submitted_at_ms)
-    # Intervals in integer nanoseconds: epoch milliseconds as floats would blur them.
+    add("submit", (events[0].event_time.ToNanoseconds() - submitted_at_ns) / 1e6)
     activity_names: dict[int, str] = {}
     seen: dict[str, int] = {}
     wft = 0
@@ -166,7 +163,7 @@ async def measure_one(
     body: dict[str, Any] = {"memories": list(memories)}
     if webhook_url:
         body["webhook_url"] = webhook_url
-    submitted_at_ms = time.time() * 1000
+    submitted_at_ns = time.time_ns()
     started = time.perf_counter()
     response = await http.post(
         "/v1/memory/batch",
@@ -183,7 +180,7 @@ async def measure_one(
     client_ms = (time.perf_counter() - started) * 1000
     history = await handle.fetch_history()
     events = list(history.events)
-    timeline = timeline_parts(events, submitted_at_ms)
+    timeline = timeline_parts(events, submitted_at_ns)
     status = getattr(summary, "status", None) or (summary or {}).get("status", "?")
     return FixedCostRun(
         run=run,
@@ -192,7 +189,7 @@ async def measure_one(
         workflow_id=accepted["workflow_id"],
         storage=accepted.get("storage", "?"),
         status=str(status),
-        total_ms=_event_ms(events[-1]) - submitted_at_ms if events else float("nan"),
+        total_ms=(events[-1].event_time.ToNanoseconds() - submitted_at_ns) / 1e6 if events else math.nan,
         submit_ms=submit_ms,
         client_ms=client_ms,
         timeline=timeline,

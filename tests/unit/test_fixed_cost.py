@@ -51,7 +51,7 @@ def _history() -> list[HistoryEvent]:
 
 
 def test_timeline_names_each_interval_and_adds_up_to_the_total() -> None:
-    parts = timeline_parts(_history(), submitted_at_ms=T0_MS)
+    parts = timeline_parts(_history(), submitted_at_ns=T0_NS)
     assert parts == {
         "submit": 20.0,
         "other.workflow_task_scheduled": 0.0,
@@ -70,7 +70,7 @@ def test_timeline_names_each_interval_and_adds_up_to_the_total() -> None:
 def test_timeline_sums_exactly_even_when_event_times_go_backwards() -> None:
     events = _history()
     events[5].event_time.FromNanoseconds(T0_NS + 31_000_000)  # started before "scheduled"
-    parts = timeline_parts(events, submitted_at_ms=T0_MS)
+    parts = timeline_parts(events, submitted_at_ns=T0_NS)
     assert math.isclose(sum(parts.values()), 70.0)
     assert parts["fetch.schedule_to_start"] == -2.0
 
