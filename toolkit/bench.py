@@ -6,12 +6,11 @@ ceiling for this machine. Every figure is printed beside its ratio to that basel
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import httpx
 from temporalio.client import Client
@@ -23,9 +22,9 @@ from toolkit.parse import ParseClient
 from toolkit.parse.codec import EncodedBatch, encode_memories
 from toolkit.parse.models import MemoryItem
 from toolkit.settings import Settings
+from toolkit.starter import store_and_start
 from toolkit.temporal_client import connect
-from toolkit.testing.batches import submit_batch
-from toolkit.testing.users import ParseUser, sign_up
+from toolkit.users import ParseUser, sign_up
 from toolkit.workloads import make_memories
 
 DEFAULT_SIZES = (10, 100, 1000)
@@ -192,7 +191,7 @@ async def _run_path(
     """Submit ``memories`` on one path, wait for the result, and read the history figures."""
     size = len(memories)
     started = time.perf_counter()
-    batch = await submit_batch(temporal, parse, settings, user, memories, legacy=path == "legacy")
+    batch = await store_and_start(temporal, parse, settings, user, memories, legacy=path == "legacy")
     summary = await batch.result()
     seconds = time.perf_counter() - started
     figures = await measure_history(batch.handle)
@@ -230,20 +229,3 @@ def _format(row: BenchRow) -> str:
         f"{row.workload:<9} {row.memories:>6} {row.path:<9} {row.memories_per_s:>8.0f} mem/s "
         f"{row.vs_baseline:>5.2f}x baseline  ok {row.success_rate:>6.1%}  {size}  {history}{rss}"
     )
-
-
-def bench_command(args, settings: Settings) -> int:
-    print("(ratios are to the baseline measured in this run; absolute times depend on this machine's load)")
-    rows = asyncio.run(
-        run_bench(
-            settings,
-            sizes=args.sizes,
-            workload=args.workload,
-            fixed_cost_runs=getattr(args, "fixed_cost_runs", 0),
-        )
-    )
-    if args.json:
-        import json
-
-        print(json.dumps([asdict(r) for r in rows], indent=2))
-    return 0

@@ -14,7 +14,7 @@ from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.settings import Settings
 from toolkit.temporal_client import connect
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 from toolkit.variants import Variant, running
 
 
