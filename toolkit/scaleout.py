@@ -21,6 +21,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from toolkit import procstats
+from toolkit.batch_types import BatchSummary
 from toolkit.settings import Settings
 from toolkit.variants import Variant, running
 from toolkit.workloads import make_memories
@@ -94,11 +95,13 @@ async def _one_run(
     workflow_ids = [a.json()["workflow_id"] for a in answers]
     if any(a.json().get("storage") != "reference" for a in answers):
         raise ScaleOutError("batches went to the legacy path: turn the rollout on to measure scale-out")
-    results = await asyncio.gather(*(temporal.get_workflow_handle(w).result() for w in workflow_ids))
+    results = await asyncio.gather(
+        *(temporal.get_workflow_handle(w, result_type=BatchSummary).result() for w in workflow_ids)
+    )
     seconds = time.perf_counter() - started
     after = procstats.sample(watched)
-    if any(getattr(r, "status", None) != "completed" for r in results):
-        raise ScaleOutError(f"not every batch completed: {[getattr(r, 'status', r) for r in results]}")
+    if any(r.status != "completed" for r in results):
+        raise ScaleOutError(f"not every batch completed: {[r.status for r in results]}")
     identities: Counter[str] = Counter()
     for workflow_id in workflow_ids:
         identities += await _activity_identities(temporal, workflow_id)
