@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
@@ -20,8 +20,11 @@ from toolkit.api.body import read_batch
 from toolkit.api.errors import ApiError, RequestInvalid
 from toolkit.api.rollout import RolloutReader
 from toolkit.api.schemas import (
+    ERRORS_PAGE_DEFAULT,
+    ERRORS_PAGE_MAX,
     IDEMPOTENCY_KEY_PATTERN,
     BatchAccepted,
+    BatchErrorsPage,
     BatchRequestIn,
     BatchStatusOut,
     ErrorOut,
@@ -61,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.batches.aclose()
             await temporal.aclose()
             await parse.aclose()
 
@@ -99,6 +103,11 @@ def create_app(settings: Settings) -> FastAPI:
                 "input over LEGACY_MAX_INPUT_BYTES, 2 MiB minus 64 KiB)",
             },
             415: {"model": ErrorOut, "description": "not a plain JSON body"},
+            429: {
+                "model": ErrorOut,
+                "description": "too many batches in flight for this user (MAX_BATCHES_IN_FLIGHT); "
+                "see Retry-After",
+            },
             422: {"model": ValidationErrorOut, "description": "invalid body: the field errors"},
         },
         # The body is read by hand (size-capped), so its schema is declared here for /docs.
@@ -139,6 +148,23 @@ def create_app(settings: Settings) -> FastAPI:
         batch_id: str, request: Request, user: Annotated[AuthenticatedUser, Depends(current_user)]
     ) -> BatchStatusOut:
         return await _services(request).status(user, batch_id)
+
+    @app.get(
+        "/v1/batch/{batch_id}/errors",
+        response_model=BatchErrorsPage,
+        summary="Per-memory errors of a batch, paged",
+        responses={**_ERRORS, 404: {"model": ErrorOut, "description": "unknown batch, or another user's"}},
+    )
+    async def batch_errors(
+        batch_id: str,
+        request: Request,
+        user: Annotated[AuthenticatedUser, Depends(current_user)],
+        offset: Annotated[int, Query(ge=0, le=10_000_000, description="errors to skip")] = 0,
+        limit: Annotated[
+            int, Query(ge=1, le=ERRORS_PAGE_MAX, description=f"page size, at most {ERRORS_PAGE_MAX}")
+        ] = ERRORS_PAGE_DEFAULT,
+    ) -> BatchErrorsPage:
+        return await _services(request).errors(user, batch_id, offset, limit)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
