@@ -144,6 +144,7 @@ class Settings:
             "TEMPORAL_TASK_QUEUE": self.temporal_task_queue,
             "TEMPORAL_UI_URL": self.temporal_ui,
             "WEBHOOK_ALLOW_PRIVATE": "1" if self.webhook_allow_private else "0",
+            "WORKER_METRICS_PORT": str(self.worker_metrics_port),
         }
 
 

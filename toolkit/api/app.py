@@ -18,6 +18,7 @@ from toolkit.api.auth import AuthenticatedUser, Authenticator, AuthError, curren
 from toolkit.api.batches import BatchService
 from toolkit.api.body import read_batch
 from toolkit.api.errors import ApiError, RequestInvalid
+from toolkit.api.metrics import ApiMetrics, MetricsMiddleware
 from toolkit.api.rollout import RolloutReader
 from toolkit.api.schemas import (
     ERRORS_PAGE_DEFAULT,
@@ -70,6 +71,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Batch Memory API", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
+    metrics = ApiMetrics()
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -85,6 +89,11 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    # For the operator's Prometheus, not for API clients: left out of the OpenAPI document.
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.post(
         "/v1/memory/batch",
@@ -136,6 +145,8 @@ def create_app(settings: Settings) -> FastAPI:
         response.headers["Location"] = accepted.status_url
         if replayed:
             response.headers["Idempotent-Replayed"] = "true"
+        else:
+            metrics.batch_accepted(accepted.storage, accepted.total_memories)
         return accepted
 
     @app.get(
