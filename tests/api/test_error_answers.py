@@ -19,7 +19,7 @@ from toolkit.parse import batch_requests as store
 from toolkit.parse.models import MemoryItem
 from toolkit.settings import Settings
 from toolkit.testing.tcp_proxy import TcpProxy
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 from toolkit.workloads import chitchat_memories
 
 if TYPE_CHECKING:

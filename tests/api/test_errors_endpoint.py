@@ -16,7 +16,7 @@ from toolkit.parse.models import BatchError
 from toolkit.settings import Settings
 from toolkit.starter import workflow_id_for
 from toolkit.temporal_client import connect
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 from toolkit.workloads import chitchat_memories
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from toolkit.parse import batch_requests as store
 from toolkit.settings import Settings
 from toolkit.starter import workflow_id_for
 from toolkit.temporal_client import connect
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 from toolkit.workflows import NEW_WORKFLOW
 from toolkit.workloads import chitchat_memories
 

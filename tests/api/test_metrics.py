@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from toolkit import stack
 from toolkit.settings import Settings
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 from toolkit.workloads import chitchat_memories
 
 if TYPE_CHECKING:

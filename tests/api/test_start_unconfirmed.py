@@ -25,7 +25,7 @@ from toolkit.stack.temporal import TemporalServer
 from toolkit.starter import workflow_id_for
 from toolkit.temporal_client import connect
 from toolkit.testing.tcp_proxy import TcpProxy
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 from toolkit.worker import build_worker
 from toolkit.workloads import chitchat_memories
 

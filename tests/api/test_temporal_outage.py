@@ -13,7 +13,7 @@ from toolkit.parse import ParseClient
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
 from toolkit.stack._process import stop_pid
 from toolkit.stack.temporal import TemporalServer
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 from toolkit.workloads import chitchat_memories
 
 if TYPE_CHECKING:

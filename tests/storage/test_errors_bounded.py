@@ -17,7 +17,7 @@ from toolkit.parse import batch_requests as store
 from toolkit.parse.models import BatchError, error_object_id
 from toolkit.parse.schema import BATCH_MEMORY_ERROR
 from toolkit.settings import Settings
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 
 CreateBatch = Callable[..., Awaitable[str]]
 

@@ -24,8 +24,8 @@ from toolkit.parse import batch_requests as store
 from toolkit.parse.models import MemoryItem
 from toolkit.settings import Settings
 from toolkit.testing.tcp_proxy import TcpProxy
-from toolkit.testing.users import ParseUser
 from toolkit.testing.webhook_receiver import ReceivedRequest, WebhookReceiver
+from toolkit.users import ParseUser
 from toolkit.webhooks import DELIVERY_ID_HEADER, delivery_id
 
 SECRET = "delivery-secret"

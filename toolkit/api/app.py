@@ -19,7 +19,6 @@ from toolkit.api.batches import BatchService
 from toolkit.api.body import read_batch
 from toolkit.api.errors import ApiError, RequestInvalid
 from toolkit.api.metrics import ApiMetrics, MetricsMiddleware
-from toolkit.api.rollout import RolloutReader
 from toolkit.api.schemas import (
     ERRORS_PAGE_DEFAULT,
     ERRORS_PAGE_MAX,
@@ -33,6 +32,7 @@ from toolkit.api.schemas import (
 )
 from toolkit.api.temporal import TemporalConnection
 from toolkit.parse import ParseClient
+from toolkit.rollout import RolloutReader
 from toolkit.settings import Settings
 
 DESCRIPTION = """Batch memory ingestion (claim-check on Parse, processed by Temporal workers).

@@ -25,7 +25,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, NamedTuple, get_args
 
 from pydantic import ValidationError
 
@@ -47,6 +47,7 @@ from toolkit.parse.models import (
     BatchStatus,
     MemoryItem,
     ParseFile,
+    Storage,
     error_object_id,
     to_parse_date,
     validate_object_id,
@@ -77,8 +78,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Storage = Literal["reference", "legacy"]
 
 BATCH_FILE_CONTENT_TYPE = "application/gzip"
 # An error text longer than this is cut: one pathological message must not bloat the object.
