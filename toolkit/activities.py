@@ -33,7 +33,7 @@ from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import FINISHED_STATUSES, BatchError, BatchMemoryRequest, MemoryItem
 from toolkit.settings import Settings
-from toolkit.webhooks import completion_payload, deliver_webhook
+from toolkit.webhooks import EVENT_BATCH_COMPLETED, completion_payload, deliver_webhook, delivery_id
 
 log = logging.getLogger(__name__)
 
@@ -244,13 +244,22 @@ class BatchActivities:
             organization_id=request.organization.object_id if request.organization else None,
         )
 
-    async def _mark_processing(self, request: BatchMemoryRequest, request_id: str) -> datetime:
+    def _mark_processing(
+        self, request: BatchMemoryRequest, request_id: str
+    ) -> tuple[datetime, asyncio.Task[None] | None]:
+        """Start recording ``processing`` (and the run id); the caller awaits the task before completing.
+
+        The run id too: the API stores workflowId at create and leaves the run id to this write. Off
+        the critical path: memories are written while Parse records the start.
+        """
         started_at = request.started_at or _now()
-        if request.status != "processing" or request.started_at is None:
-            await store.update_batch_request_status(
-                self.parse, request_id, "processing", extra={"startedAt": started_at}
-            )
-        return started_at
+        if request.status == "processing" and request.started_at is not None:
+            return started_at, None
+        extra = {"startedAt": started_at, "workflowRunId": activity.info().workflow_run_id}
+        marking = asyncio.create_task(
+            store.update_batch_request_status(self.parse, request_id, "processing", extra=extra)
+        )
+        return started_at, marking
 
     @activity.defn(name="fetch_and_process_batch_memories")
     async def fetch_and_process_batch_memories(self, reference: BatchReference) -> BatchSummary:
@@ -259,8 +268,10 @@ class BatchActivities:
         request = await self._fetch(reference, with_memories=True)
         if request.status in FINISHED_STATUSES:
             return self._summary(request)
-        started_at = await self._mark_processing(request, reference.request_id)
+        started_at, marking = self._mark_processing(request, reference.request_id)
         if request.batch_chunk_files:
+            if marking is not None:
+                await marking
             # A chunked batch: the workflow runs one activity per chunk, then finalize_chunked_batch.
             chunks = len(request.batch_chunk_files)
             log.info("batch %s: %d memories in %d chunks", request.batch_id, request.total_memories, chunks)
@@ -270,6 +281,7 @@ class BatchActivities:
                 request.total_memories,
                 0,
                 0,
+                webhook_configured=bool(request.webhook_url),
                 total_chunks=chunks,
                 chunk_window=max(1, self.settings.batch_chunk_window),
             )
@@ -281,17 +293,23 @@ class BatchActivities:
             log.info("batch %s: attempt %d resumes at memory %d", request.batch_id, info.attempt, resume.next)
 
         async def write_progress(processed: int, ok: int, failed: int) -> bool:
+            if processed >= total:
+                return False  # the completion write carries the counters: one write, not two
             return await store.advance_batch_request_progress(
                 self.parse, reference.request_id, processed=processed, successful=ok, failed=failed
             )
 
-        progress = await self._write_all(
-            reference.request_id,
-            self._context(request),
-            iter([(i, memory) for i, memory in enumerate(memories) if i >= start.next]),
-            _Progress(start, total),
-            write_progress,
-        )
+        try:
+            progress = await self._write_all(
+                reference.request_id,
+                self._context(request),
+                iter([(i, memory) for i, memory in enumerate(memories) if i >= start.next]),
+                _Progress(start, total),
+                write_progress,
+            )
+        finally:
+            if marking is not None:
+                await marking  # never left running past this attempt; never after the completion
         status = final_status(total, progress.failed)
         completed_at = _now()
         await store.update_batch_request_completion(
@@ -306,7 +324,14 @@ class BatchActivities:
         )
         if self.settings.cleanup_policy == "on_completion":
             await store.delete_batch_file(self.parse, reference.request_id)
-        return BatchSummary(request.batch_id, status, total, progress.ok, progress.failed)
+        return BatchSummary(
+            request.batch_id,
+            status,
+            total,
+            progress.ok,
+            progress.failed,
+            webhook_configured=bool(request.webhook_url),
+        )
 
     async def _write_all(
         self,
@@ -412,7 +437,14 @@ class BatchActivities:
         )
         if self.settings.cleanup_policy == "on_completion":
             await store.delete_batch_file(self.parse, data.reference.request_id)
-        return BatchSummary(request.batch_id, status, data.total, data.successful, data.failed)
+        return BatchSummary(
+            request.batch_id,
+            status,
+            data.total,
+            data.successful,
+            data.failed,
+            webhook_configured=bool(request.webhook_url),
+        )
 
     async def _heartbeat_loop(self, reporter: _Reporter) -> None:
         # Keeps the activity alive while a slow chunk is in flight (no chunk, no heartbeat otherwise).
@@ -441,6 +473,7 @@ class BatchActivities:
             request.success_count or 0,
             request.fail_count or 0,
             bool(request.webhook_sent),
+            webhook_configured=bool(request.webhook_url),
         )
 
     # ---- both paths ----------------------------------------------------------------------------------
@@ -471,6 +504,8 @@ class BatchActivities:
             max_attempts=self.settings.webhook_max_attempts,
             backoff_s=self.settings.webhook_backoff_s,
             timeout_s=self.settings.webhook_timeout_s,
+            # The same id on a resend after this activity fails (at least once): receivers dedupe.
+            delivery_id=delivery_id(request.batch_id, EVENT_BATCH_COMPLETED),
         )
         if result.delivered:
             await store.mark_webhook_sent(self.parse, reference.request_id)

@@ -27,6 +27,10 @@ class BatchSummary:
     successful: int
     failed: int
     webhook_sent: bool = False
+    # Whether the request names a webhook_url. The workflow skips the webhook activity when it does
+    # not (one activity and one workflow task less). True by default: a result recorded before this
+    # field existed replays as "configured", exactly as those runs behaved.
+    webhook_configured: bool = True
     # A chunked batch (issue 10): the first activity only starts it and answers how many chunks it
     # has and how many chunk activities may run at once (the worker's setting, recorded in history
     # so a replay takes the same decision). Absent in results recorded before chunking: 1 and 1.

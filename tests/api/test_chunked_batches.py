@@ -35,7 +35,7 @@ from toolkit.parse.cleanup import local_files_dir
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
 from toolkit.settings import Settings
 from toolkit.temporal_client import connect
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 
 if TYPE_CHECKING:
     from tests.api.conftest import ApiServer, FlagSetter
@@ -184,6 +184,7 @@ def _files_of(settings: Settings, batch_id: str) -> list[str]:
     return [path.name for path in directory.iterdir() if batch_id in path.name]
 
 
+@pytest.mark.timeout(WAIT_S + 600)
 async def test_big_batch_through_the_api_completes_exactly_in_bounded_memory(
     chunk_api: ApiServer,
     worker_process: subprocess.Popen[bytes],

@@ -31,7 +31,7 @@ from toolkit.parse.models import MemoryItem
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
 from toolkit.settings import Settings
 from toolkit.starter import start_batch_workflow_with_reference
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 from toolkit.workloads import synthetic_memories
 
 TOTAL = 2000
