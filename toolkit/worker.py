@@ -18,6 +18,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from toolkit.activities import BatchActivities
 from toolkit.parse import ParseClient
+from toolkit.ports import free_port, port_in_use
 from toolkit.settings import Settings
 from toolkit.temporal_client import connect
 from toolkit.workflows import ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow
@@ -59,7 +60,17 @@ def install_metrics_runtime(settings: Settings) -> str | None:
     """
     if settings.worker_metrics_port <= 0:
         return None
-    bind = f"{settings.bind_host}:{settings.worker_metrics_port}"
+    port = settings.worker_metrics_port
+    if port_in_use(settings.bind_host, port):
+        # Scaling out = more workers on one host, all reading the same stack.env: the first one has the
+        # configured port, the others serve their metrics on a free port and say where.
+        port = free_port(settings.bind_host)
+        log.warning(
+            "WORKER_METRICS_PORT %d is taken (another worker?); metrics on port %d",
+            settings.worker_metrics_port,
+            port,
+        )
+    bind = f"{settings.bind_host}:{port}"
     runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
     Runtime.set_default(runtime, error_if_already_set=True)
     return f"http://{bind}/metrics"
