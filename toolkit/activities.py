@@ -29,7 +29,7 @@ from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import FINISHED_STATUSES, BatchError, BatchMemoryRequest, MemoryItem
 from toolkit.settings import Settings
-from toolkit.webhooks import completion_payload, deliver_webhook
+from toolkit.webhooks import EVENT_BATCH_COMPLETED, completion_payload, deliver_webhook, delivery_id
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +274,8 @@ class BatchActivities:
             max_attempts=self.settings.webhook_max_attempts,
             backoff_s=self.settings.webhook_backoff_s,
             timeout_s=self.settings.webhook_timeout_s,
+            # The same id on a resend after this activity fails (at least once): receivers dedupe.
+            delivery_id=delivery_id(request.batch_id, EVENT_BATCH_COMPLETED),
         )
         if result.delivered:
             await store.mark_webhook_sent(self.parse, reference.request_id)

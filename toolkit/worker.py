@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -48,7 +49,26 @@ def build_worker(
     )
 
 
+def install_metrics_runtime(settings: Settings) -> str | None:
+    """Export the Temporal SDK's metrics (task latencies, slots, polls, failures) for Prometheus.
+
+    With ``WORKER_METRICS_PORT`` set, the SDK's runtime serves them at
+    ``http://<BIND_HOST>:<port>/metrics``. It must become the default runtime before the client
+    connects: the client and every worker built on it report through the runtime they were made on.
+    Returns the metrics URL, or None when the port is 0 (off).
+    """
+    if settings.worker_metrics_port <= 0:
+        return None
+    bind = f"{settings.bind_host}:{settings.worker_metrics_port}"
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
+    Runtime.set_default(runtime, error_if_already_set=True)
+    return f"http://{bind}/metrics"
+
+
 async def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
+    metrics_url = install_metrics_runtime(settings)
+    if metrics_url:
+        log.info("worker metrics at %s", metrics_url)
     client = await connect(settings)
     async with ParseClient(settings) as parse:
         worker = build_worker(client, settings, parse)

@@ -31,7 +31,8 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'part':<9} {'pid':>7}  {'health':<8} url")
     for row in rows:
         health = "healthy" if row.healthy else ("running" if row.pid else "stopped")
-        print(f"{row.name:<9} {row.pid or '-':>7}  {health:<8} {row.url}")
+        metrics = f"  metrics {row.metrics_url}" if row.metrics_url else ""
+        print(f"{row.name:<9} {row.pid or '-':>7}  {health:<8} {row.url}{metrics}")
     return 0 if all(r.healthy for r in rows) else 1
 
 
