@@ -49,6 +49,9 @@ API_PARTS = {
     "parse.POST.classes": "api.create",
     "temporal.start": "api.temporal_start",
     "parse.PUT.classes": "api.workflow_id_update",
+    # Reads of BatchMemoryRequest during a submit: the per-user in-flight count (and, with an
+    # Idempotency-Key, the lookup of an earlier submission).
+    "parse.GET.classes": "api.find_or_count",
 }
 
 
