@@ -101,6 +101,8 @@ async def running(settings: Settings, variants: list[Variant]) -> AsyncIterator[
                 **settings.stack_env(),
                 **variant.env,
                 "TEMPORAL_TASK_QUEUE": queue,
+                # The stack's worker holds its metrics port; a second exporter on it would not start.
+                "WORKER_METRICS_PORT": "0",
                 # The checkout's package first: `python -m toolkit` from its folder imports its code.
                 "PYTHONPATH": str(checkout),
             }

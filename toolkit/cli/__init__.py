@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="10-memory batches submitted through the API to break the fixed cost down (0: skip)",
     )
+    p.add_argument(
+        "--paths",
+        nargs="+",
+        choices=["reference", "legacy"],
+        default=["reference", "legacy"],
+        help="paths beside the baseline (the legacy fan-out takes minutes past 1,000 memories)",
+    )
     p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
     p.add_argument("--json", action="store_true", help="also print the rows as JSON")
     p.set_defaults(func=_bench)
