@@ -28,6 +28,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from toolkit.cli import main
 from toolkit.parse import ObjectNotFound, ParseClient
 from toolkit.parse.cleanup import cleanup_finished_files, local_files_dir
 from toolkit.parse.models import to_parse_date
@@ -313,3 +314,38 @@ async def test_batch_cleanup_never_takes_driver_files_for_orphans(
     report = await cleanup_finished_files(parse, settings, older_than_days=since_2001, dry_run=True)
     assert name not in report.orphans_deleted
     assert await driver.retrieve(RETRIEVE, [claim]) == [payload]
+
+
+def test_payloads_cleanup_command(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """``toolkit payloads cleanup``: an old payload of a never-run workflow goes; a dry run keeps it."""
+
+    async def store_aged() -> tuple[str, str]:
+        driver = ParseFilesStorageDriver(settings)
+        [claim] = await driver.store(_for_workflow(f"never-{uuid.uuid4().hex}"), [_random_payload(2_000)])
+        digest = claim.claim_data["digest"]
+        async with ParseClient(settings) as parse:
+            await parse.update_object(
+                TEMPORAL_PAYLOAD, digest, {"lastUsedAt": to_parse_date(LONG_AGO)}, master=True
+            )
+        await driver.aclose()
+        return digest, claim.claim_data["name"]
+
+    async def row_exists(digest: str) -> bool:
+        async with ParseClient(settings) as parse:
+            try:
+                await _row(parse, digest)
+            except ObjectNotFound:
+                return False
+            return True
+
+    digest, name = asyncio.run(store_aged())
+    hours_since_2001 = str((datetime.now(UTC) - datetime(2001, 1, 1, tzinfo=UTC)).total_seconds() / 3600)
+    argv = ["payloads", "cleanup", "--retention-hours", "0", "--min-age-hours", hours_since_2001]
+    assert main([*argv, "--dry-run"]) == 0
+    assert "would delete" in (out := capsys.readouterr().out) and f"  {digest}\n" in out
+    assert asyncio.run(row_exists(digest))
+    assert main(argv) == 0
+    assert f"  {digest}\n" in capsys.readouterr().out
+    assert not asyncio.run(row_exists(digest))
+    assert not os.path.exists(_stored_path(settings, name))
+    assert main(["payloads", "cleanup", "--min-age-hours", "-1"]) == 2
