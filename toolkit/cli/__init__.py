@@ -95,7 +95,7 @@ def _cleanup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _payloads(args: argparse.Namespace, settings: Settings) -> int:
-    from toolkit.cli_payloads import payloads_command
+    from toolkit.cli.payloads import payloads_command
 
     return payloads_command(args, settings)
 
