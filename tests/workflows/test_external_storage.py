@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import gzip
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -42,6 +43,7 @@ from toolkit.temporal_storage import (
     PayloadMissing,
     cleanup_stored_payloads,
     file_name_for,
+    measure_legacy_with_driver,
 )
 from toolkit.testing.payload_workflow import PAYLOAD_SIZE_WORKFLOW, PayloadSizeWorkflow
 
@@ -349,3 +351,25 @@ def test_payloads_cleanup_command(settings: Settings, capsys: pytest.CaptureFixt
     assert not asyncio.run(row_exists(digest))
     assert not os.path.exists(_stored_path(settings, name))
     assert main(["payloads", "cleanup", "--min-age-hours", "-1"]) == 2
+
+
+async def test_legacy_batch_with_the_driver_keeps_its_input_outside_the_history(
+    worker: None, worker_settings: Settings, parse: ParseClient
+) -> None:
+    """The payload notebook's third column: the legacy path through a client with the driver on."""
+    figures = await measure_legacy_with_driver(worker_settings, 10, threshold=1024)
+    assert figures.status == "completed"
+    assert (figures.memories, figures.threshold, figures.workload) == (10, 1024, "chitchat")
+    # The input in the history is the claim alone: driver name, digest and the file's name.
+    digest_0 = "0" * 64
+    name_0 = f"{'0' * 32}_{file_name_for(digest_0)}"  # Parse's random prefix, 32 hex digits
+    claim = json.dumps(
+        {"driverName": "parse-files", "claimData": {"digest": digest_0, "name": name_0}},
+        separators=(",", ":"),
+    )
+    assert figures.input_bytes == len(claim)
+    temporal = await connect(worker_settings)
+    history = await temporal.get_workflow_handle(figures.workflow_id).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    digest = started.input.payloads[0].data.split(b'"digest":"')[1][:64].decode()
+    assert (await _row(parse, digest))["payloadBytes"] == figures.externally_stored_bytes > 1024
