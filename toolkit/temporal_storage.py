@@ -323,6 +323,11 @@ def external_storage(settings: Settings) -> ExternalStorage:
     Retrieval must never depend on the setting: a claim written by one process (a client with the
     driver on) is read by others (every worker that replays that workflow).
     """
+    if settings.temporal_external_storage_threshold < 0:
+        raise ValueError(
+            f"TEMPORAL_EXTERNAL_STORAGE_THRESHOLD must be >= 0 bytes, got "
+            f"{settings.temporal_external_storage_threshold}"
+        )
     driver = ParseFilesStorageDriver(settings)
     storing = settings.temporal_external_storage
 

@@ -42,6 +42,7 @@ from toolkit.temporal_storage import (
     PayloadIntegrityError,
     PayloadMissing,
     cleanup_stored_payloads,
+    external_storage,
     file_name_for,
     measure_legacy_with_driver,
 )
@@ -111,6 +112,8 @@ def test_settings_switch_and_threshold() -> None:
     assert settings.temporal_external_storage is True
     assert settings.temporal_external_storage_threshold == 1024
     assert load_settings({}).temporal_external_storage is False
+    with pytest.raises(ValueError, match="TEMPORAL_EXTERNAL_STORAGE_THRESHOLD must be >= 0"):
+        external_storage(load_settings({"TEMPORAL_EXTERNAL_STORAGE_THRESHOLD": "-1"}))
 
 
 async def test_five_mb_input_completes_and_history_holds_only_the_claim(
