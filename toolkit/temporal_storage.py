@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 from temporalio.api.common.v1 import Payload
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -190,16 +189,9 @@ class ParseFilesStorageDriver(StorageDriver):
     on a loaded 2-core machine).
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        name: str = DRIVER_NAME,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, *, name: str = DRIVER_NAME) -> None:
         self._settings = settings
         self._name = name
-        self._transport = transport  # tests only: a fault a real server cannot produce
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ParseClient] = (
             weakref.WeakKeyDictionary()
         )
@@ -214,7 +206,7 @@ class ParseFilesStorageDriver(StorageDriver):
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            client = self._clients[loop] = ParseClient(self._settings, transport=self._transport)
+            client = self._clients[loop] = ParseClient(self._settings)
         return client
 
     async def aclose(self) -> None:
@@ -254,6 +246,7 @@ class ParseFilesStorageDriver(StorageDriver):
             "ACL": {},  # nobody but the master key
         }
         try:
+            # Any other failure leaves the upload unreferenced: `toolkit cleanup`'s orphan sweep takes it.
             await parse.create_object(TEMPORAL_PAYLOAD, row, master=True)
         except DuplicateValue:
             # Someone stored the same payload meanwhile: keep theirs, drop ours.
