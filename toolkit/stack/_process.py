@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, ClassVar
 
 import httpx
 
+from toolkit.ports import port_in_use
+
 if TYPE_CHECKING:
-    from toolkit.ports import port_in_use  # noqa: F401 (re-exported to the stack parts)
-from toolkit.settings import Settings
+    from toolkit.settings import Settings
 
 
 class StackError(Exception):
