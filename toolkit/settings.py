@@ -116,6 +116,12 @@ class Settings:
     batch_chunk_max_bytes: int = 16 * 1024 * 1024
     batch_chunk_window: int = 4
 
+    # Temporal external storage on Parse Files (toolkit.temporal_storage). Every client and worker can
+    # always *read* a payload stored there; this switch decides whether this process *stores* payloads
+    # of at least the threshold (bytes) there instead of inline in the history.
+    temporal_external_storage: bool = False
+    temporal_external_storage_threshold: int = 256 * 1024
+
     # Derived URLs -------------------------------------------------------------------------
     @property
     def api_url(self) -> str:
