@@ -14,6 +14,7 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from toolkit.activities import BatchActivities
 from toolkit.parse import ParseClient
@@ -22,6 +23,13 @@ from toolkit.temporal_client import connect
 from toolkit.workflows import ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow
 
 log = logging.getLogger(__name__)
+
+# The sandbox re-imports, for every new workflow run, each module it does not pass through. Our own
+# package holds no mutable module state and does no I/O at import (toolkit.workflows relies on that
+# already), so it is passed through whole: a new run then costs no re-import of it.
+SANDBOX_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("toolkit")
+)
 
 
 def build_worker(
@@ -33,6 +41,7 @@ def build_worker(
         task_queue=task_queue or settings.temporal_task_queue,
         workflows=[ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow],
         activities=activities.all(),
+        workflow_runner=SANDBOX_RUNNER,
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         # The SDK otherwise sends heartbeats only every 0.8 x heartbeat_timeout (16 s here), so a retry
         # would resume from a checkpoint that old. One a second keeps the resume point fresh.

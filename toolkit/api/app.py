@@ -13,6 +13,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from toolkit.api.auth import AuthenticatedUser, Authenticator, AuthError, current_user
 from toolkit.api.batches import BatchService
@@ -34,6 +36,7 @@ from toolkit.api.temporal import TemporalConnection
 from toolkit.parse import ParseClient
 from toolkit.rollout import RolloutReader
 from toolkit.settings import Settings
+from toolkit.timing import HEADER, collect
 
 DESCRIPTION = """Batch memory ingestion (claim-check on Parse, processed by Temporal workers).
 
@@ -44,6 +47,30 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing or invalid session token"},
     503: {"model": ErrorOut, "description": "Parse Server or Temporal unreachable; nothing was left pending"},
 }
+
+
+class ServerTimingMiddleware:
+    """Adds ``Server-Timing`` to every HTTP answer: the request's Parse and Temporal round trips, in ms.
+
+    Pure ASGI (no extra task per request); names and durations only, so it is safe to expose.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with collect() as timings:
+
+            async def send_with_timing(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    headers = MutableHeaders(scope=message)
+                    headers.append(HEADER, timings.header())
+                await send(message)
+
+            await self.app(scope, receive, send_with_timing)
 
 
 def _services(request: Request) -> BatchService:
@@ -71,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Batch Memory API", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
+    app.add_middleware(ServerTimingMiddleware)
     metrics = ApiMetrics()
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -18,7 +18,7 @@ Idempotency: with an ``Idempotency-Key`` the batch id is derived from (user, key
 id ``batch-<batch_id>`` is too. Two concurrent identical submits may both store a request, but
 Temporal starts only one workflow for that id; the loser deletes its own request and answers with
 the winner's. Without a key the batch id is a random uuid4. Only a batch that was started (its
-``workflowId`` recorded, or its workflow known to Temporal) is replayed, whatever its status (a
+``workflowRunId`` recorded, or its workflow known to Temporal) is replayed, whatever its status (a
 ``failed`` batch is replayed as-is): one still being started is a 409 "retry", and one whose API
 crashed before starting it (older than :data:`ORPHAN_AFTER_S`) is discarded with its file, and the
 submission starts afresh. Temporal never reuses a workflow id, so when the key's workflow id is taken
@@ -285,6 +285,7 @@ class BatchService:
                 webhook_url=batch.webhook_url,
                 webhook_secret=batch.webhook_secret,
                 idempotency_key=idempotency_key,
+                workflow_id=workflow_id_for(batch_id) if storage == "reference" else None,
             )
         except ParseError as exc:
             raise _unavailable_parse(exc) from exc
@@ -355,14 +356,16 @@ class BatchService:
     async def _replayable(self, user: AuthenticatedUser, key: str) -> BatchMemoryRequest | None:
         """The earlier batch with this key if it was started (replay it), None if there is none.
 
-        A request whose start is still in flight, or whose starter crashed, has no ``workflowId``;
+        A request whose start is still in flight, or whose starter crashed, has no ``workflowRunId``;
         replaying it would promise a batch that may never run. Temporal has the last word (the start
         may have landed without being recorded). Otherwise: 409 while the start could still be in
         flight, and past :data:`ORPHAN_AFTER_S` the orphan is discarded and the caller starts afresh.
         """
         for _ in range(MAX_ORPHANS_CLEARED + 1):
             previous = await self._previous(user, key)
-            if previous is None or previous.workflow_id:
+            # A run id (recorded once the workflow runs) or a status past pending proves the start;
+            # workflowId alone does not: the reference path stores it before starting.
+            if previous is None or previous.workflow_run_id or previous.status != "pending":
                 return previous
             if await self._workflow_started(workflow_id_for(previous.batch_id)):
                 return previous
@@ -403,8 +406,9 @@ class BatchService:
         batch: BatchRequestIn,
     ) -> str:
         if storage == "reference":
+            # workflowId was stored at create; the worker records the run id (one write less here).
             return await start_batch_workflow_with_reference(
-                temporal, self._parse, self._settings, request_id=request_id, batch_id=batch_id
+                temporal, self._parse, self._settings, request_id=request_id, batch_id=batch_id, record=False
             )
         return await start_legacy_batch_workflow(
             temporal,

@@ -19,6 +19,7 @@ import httpx
 
 from toolkit.parse.errors import ParseError, ParseUnavailable, error_for
 from toolkit.settings import Settings
+from toolkit.timing import span
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +111,16 @@ class ParseClient:
         attempts = len(self._retry_delays_s) + 1 if retry else 1
         for attempt in range(attempts):
             try:
-                response = await self._http.request(
-                    method,
-                    path.lstrip("/"),
-                    json=json_body,
-                    params=params,
-                    content=content,
-                    headers=headers,
-                )
+                # Named by method and resource kind (never ids): "parse.POST.files", "parse.PUT.classes".
+                with span(f"parse.{method.upper()}.{path.lstrip('/').split('/', 1)[0]}"):
+                    response = await self._http.request(
+                        method,
+                        path.lstrip("/"),
+                        json=json_body,
+                        params=params,
+                        content=content,
+                        headers=headers,
+                    )
             except httpx.TransportError as exc:
                 error: ParseError = ParseUnavailable(
                     f"Parse Server at {self.base_url} unreachable: {type(exc).__name__}: {exc}"

@@ -121,6 +121,7 @@ async def create_batch_memory_request_in_parse(
     webhook_url: str | None = None,
     webhook_secret: str | None = None,
     idempotency_key: str | None = None,
+    workflow_id: str | None = None,
 ) -> str:
     """Store a batch: upload its gzip file (reference storage) and create its request; return the objectId.
 
@@ -207,6 +208,8 @@ async def create_batch_memory_request_in_parse(
         webhook_secret=webhook_secret,
         webhook_sent=False,
         idempotency_key=idempotency_key,
+        # Known before the start (it is derived from batchId): stored now, it saves a write later.
+        workflow_id=workflow_id,
     )
     body = {**request.to_parse(), "ACL": batch_acl(user_id, organization_id)}
 
