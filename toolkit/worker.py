@@ -55,12 +55,20 @@ def install_metrics_runtime(settings: Settings) -> str | None:
     With ``WORKER_METRICS_PORT`` set, the SDK's runtime serves them at
     ``http://<BIND_HOST>:<port>/metrics``. It must become the default runtime before the client
     connects: the client and every worker built on it report through the runtime they were made on.
-    Returns the metrics URL, or None when the port is 0 (off).
+    Returns the metrics URL, or None when the port is 0 (off) or already taken on this host.
     """
     if settings.worker_metrics_port <= 0:
         return None
     bind = f"{settings.bind_host}:{settings.worker_metrics_port}"
-    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
+    try:
+        runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
+    except ValueError as exc:
+        # Another worker on this host holds the port (e.g. a second worker started with the same
+        # stack.env to scale out). Processing matters more than this worker's metrics: run without.
+        log.warning(
+            "worker metrics not served (%s); set WORKER_METRICS_PORT to a free port for this worker", exc
+        )
+        return None
     Runtime.set_default(runtime, error_if_already_set=True)
     return f"http://{bind}/metrics"
 

@@ -104,3 +104,10 @@ async def test_the_stack_worker_exports_temporal_sdk_metrics(
     assert {"temporal_request", "temporal_num_pollers", "temporal_workflow_completed"} <= names, sorted(names)
     queue = re.escape(settings.temporal_task_queue)
     assert re.search(rf'temporal_workflow_completed\{{[^}}]*task_queue="{queue}"', scrape.text)
+
+
+def test_a_second_worker_on_a_taken_metrics_port_runs_without_metrics(settings: Settings) -> None:
+    """Scale-out: more workers started with the stack's settings must not die on the stack worker's port."""
+    from toolkit.worker import install_metrics_runtime
+
+    assert install_metrics_runtime(settings) is None  # the stack's worker serves that port
