@@ -17,8 +17,8 @@ from toolkit.parse.codec import encode_memories
 from toolkit.parse.models import MemoryItem
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
 from toolkit.settings import Settings
-from toolkit.testing.batches import submit_batch
-from toolkit.testing.users import ParseUser
+from toolkit.starter import store_and_start
+from toolkit.users import ParseUser
 from toolkit.workloads import chitchat_memories
 
 
@@ -31,8 +31,8 @@ async def test_both_paths_read_back_with_parse_and_temporal_figures(
 ) -> None:
     since = datetime.now(UTC) - timedelta(seconds=1)
     memories = chitchat_memories(30)
-    reference = await submit_batch(temporal, parse, worker_settings, user, memories)
-    legacy = await submit_batch(temporal, parse, worker_settings, user, memories, legacy=True)
+    reference = await store_and_start(temporal, parse, worker_settings, user, memories)
+    legacy = await store_and_start(temporal, parse, worker_settings, user, memories, legacy=True)
     assert (await reference.result()).successful == 30
     assert (await legacy.result()).successful == 30
 
