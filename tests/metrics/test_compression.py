@@ -6,7 +6,13 @@ import gzip
 
 import zstandard
 
-from toolkit.metrics import COMPRESSION_COLUMNS, batch_document, compression_table, recommend_codec
+from toolkit.metrics import (
+    COMPRESSION_COLUMNS,
+    batch_document,
+    codec_recommendation,
+    compression_table,
+    recommend_codec,
+)
 from toolkit.parse.codec import encode_memories
 from toolkit.workloads import make_memories
 
@@ -40,9 +46,22 @@ def test_the_three_workloads_differ_as_their_text_does() -> None:
     assert ratio["chatterbot"] > ratio["synthetic"]
 
 
-def test_recommendation_ranks_qualifying_settings_by_mean_ratio() -> None:
-    table = compression_table(["chitchat"], [100], {"gzip": [1, 9]}, min_seconds=0.0)
-    ranking = recommend_codec(table, memories=100, min_compress_mb_s=0.0)
+def test_recommendation_ranks_settings_against_the_one_in_use_measured_in_the_same_run() -> None:
+    table = compression_table(["chitchat"], [100], {"gzip": [1, 6, 9]}, min_seconds=0.0)
+    ranking = recommend_codec(table, memories=100, current=("gzip", 6), max_slowdown=1e9)
     assert ranking.qualifies.all()
-    assert list(ranking.level) == [9, 1]  # level 9 is never worse than level 1 in ratio
-    assert recommend_codec(table, memories=100, min_compress_mb_s=1e12).qualifies.sum() == 0
+    assert ranking.set_index("level").speed_vs_current[6] == 1.0
+    assert list(ranking.level) == sorted(
+        ranking.level, key=lambda lv: -ranking.set_index("level").mean_ratio[lv]
+    )
+    # A setting that would have to be infinitely faster never qualifies, except the one in use.
+    strict = recommend_codec(table, memories=100, current=("gzip", 6), max_slowdown=1.0)
+    assert (6 in set(strict[strict.qualifies].level)) and strict.iloc[0].qualifies
+
+
+def test_the_recommendation_keeps_the_codec_in_use_without_a_real_gain() -> None:
+    table = compression_table(["chitchat"], [100], {"gzip": [6, 9]}, min_seconds=0.0)
+    keep = codec_recommendation(table, memories=100, current=("gzip", 6), max_slowdown=1e9, min_gain=0.5)
+    assert (keep.setting, keep.reason.split(":")[0]) == ("gzip-6", "Keep gzip level 6")
+    switch = codec_recommendation(table, memories=100, current=("gzip", 6), max_slowdown=1e9, min_gain=-1.0)
+    assert switch.setting == "gzip-9" and switch.reason.startswith("Switch to gzip level 9")

@@ -22,8 +22,8 @@ from toolkit.metrics import (
 )
 from toolkit.parse import ParseClient
 from toolkit.settings import Settings
-from toolkit.testing.batches import submit_batch
-from toolkit.testing.users import ParseUser
+from toolkit.starter import store_and_start
+from toolkit.users import ParseUser
 from toolkit.workflows import LEGACY_WORKFLOW
 from toolkit.workloads import chitchat_memories
 
@@ -35,7 +35,7 @@ async def test_a_new_reference_batch_adds_its_file_to_storage_and_to_its_day(
     settings = dataclasses.replace(worker_settings, cleanup_after_days=0)
     since = datetime.now(UTC) - timedelta(seconds=1)
     before = await storage_account(settings, since)
-    batch = await submit_batch(temporal, parse, settings, user, chitchat_memories(50))
+    batch = await store_and_start(temporal, parse, settings, user, chitchat_memories(50))
     await batch.result()
     after = await storage_account(settings, since)
     row = (

@@ -28,6 +28,8 @@ __all__ = [
     "CompressionMiss",
     "compression_misses",
     "compression_table",
+    "Recommendation",
+    "codec_recommendation",
     "recommend_codec",
 ]
 
@@ -163,13 +165,18 @@ def compression_misses(
 
 
 def recommend_codec(
-    table: pd.DataFrame, *, memories: int = 1000, min_compress_mb_s: float = 20.0
+    table: pd.DataFrame,
+    *,
+    memories: int = 1000,
+    current: tuple[str, int] = ("gzip", 6),
+    max_slowdown: float = 2.0,
 ) -> pd.DataFrame:
-    """Per codec and level at ``memories``: mean ratio and the slowest workload's speeds, best first.
+    """Per codec and level at ``memories``: mean and worst ratio, worst speeds, ranked for a choice.
 
-    A setting qualifies if even its slowest workload compresses at ``min_compress_mb_s`` or more (the
-    API compresses on the request path); qualifying settings are ranked by mean ratio. The notebook
-    states the choice and its reason from this table.
+    Speeds are compared with the setting in use (``current``), measured in the same run, never with
+    an absolute figure: ``speed_vs_current`` is the setting's slowest-workload compression speed over
+    the current one's. A setting qualifies if it is at most ``max_slowdown`` times slower (the API
+    compresses on the request path). Qualifying settings come first, by mean ratio.
     """
     cells = table[table.memories == memories]
     summary = (
@@ -182,5 +189,58 @@ def recommend_codec(
         )
         .reset_index()
     )
-    summary["qualifies"] = summary.min_compress_mb_s >= min_compress_mb_s
+    mine = summary[(summary.codec == current[0]) & (summary.level == current[1])]
+    if mine.empty:
+        raise ValueError(f"no {current[0]}-{current[1]} rows at {memories} memories to compare with")
+    summary["speed_vs_current"] = summary.min_compress_mb_s / mine.min_compress_mb_s.item()
+    summary["qualifies"] = summary.speed_vs_current >= 1 / max_slowdown
     return summary.sort_values(["qualifies", "mean_ratio"], ascending=[False, False]).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    codec: str
+    level: int
+    reason: str
+
+    @property
+    def setting(self) -> str:
+        return f"{self.codec}-{self.level}"
+
+
+def codec_recommendation(
+    table: pd.DataFrame,
+    *,
+    memories: int = 1000,
+    current: tuple[str, int] = ("gzip", 6),
+    max_slowdown: float = 2.0,
+    min_gain: float = 0.10,
+) -> Recommendation:
+    """Keep the codec in use unless a setting no more than ``max_slowdown`` slower compresses at
+    least ``min_gain`` better on average over the workloads; the reason quotes the figures."""
+    ranking = recommend_codec(table, memories=memories, current=current, max_slowdown=max_slowdown)
+    now = ranking[(ranking.codec == current[0]) & (ranking.level == current[1])].iloc[0]
+    best = ranking.iloc[0]
+    gain = best.mean_ratio / now.mean_ratio - 1
+    workloads = ", ".join(sorted(table.workload.unique()))
+    here = (
+        f"{current[0]}-{current[1]} averages {now.mean_ratio:.2f}x over {workloads} at {memories:,} memories "
+        f"(worst {now.min_ratio:.2f}x)"
+    )
+    if (best.codec, best.level) == current or gain < min_gain:
+        return Recommendation(
+            current[0],
+            current[1],
+            f"Keep {current[0]} level {current[1]}: {here}; the best setting at most "
+            f"{max_slowdown:g}x slower to compress ({best.codec}-{best.level}, {best.mean_ratio:.2f}x) "
+            f"gains {gain:+.0%}, under the {min_gain:.0%} that would justify a new codec in the "
+            f"batch-file format.",
+        )
+    return Recommendation(
+        str(best.codec),
+        int(best.level),
+        f"Switch to {best.codec} level {best.level}: {best.mean_ratio:.2f}x on average (worst "
+        f"{best.min_ratio:.2f}x) against {here}, a gain of {gain:+.0%}, compressing at "
+        f"{best.speed_vs_current:.1f}x the current speed. It needs a batch-file format version 2 that "
+        f"the worker reads beside version 1.",
+    )
