@@ -19,6 +19,7 @@ from toolkit.canary import (
     path_percentiles,
     wilson_interval,
 )
+from toolkit.metrics import BATCH_COLUMNS
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 LATENCY = MetricSpec("end_to_end_ms", "increase", "ratio", 0.25, 25)
@@ -275,3 +276,12 @@ def test_with_metric_changes_one_tolerance() -> None:
     assert {m.name: m.tolerance for m in config.metrics}["end_to_end_ms"] == 0.5
     with pytest.raises(InvalidCanaryConfig):
         CanaryConfig().with_metric("nope", tolerance=1)
+
+
+def test_empty_window_is_not_enough_data() -> None:
+    empty = pd.DataFrame({column: pd.Series(dtype="object") for column in BATCH_COLUMNS})
+    empty["created_at"] = pd.to_datetime(empty["created_at"], utc=True)
+    verdict = judge(empty, until=NOW)
+    assert verdict.verdict == "not enough data"
+    assert (verdict.n_canary, verdict.n_baseline, verdict.success_diff) == (0, 0, None)
+    assert path_percentiles(empty).empty
