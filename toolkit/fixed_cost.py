@@ -49,6 +49,9 @@ API_PARTS = {
     "parse.POST.classes": "api.create",
     "temporal.start": "api.temporal_start",
     "parse.PUT.classes": "api.workflow_id_update",
+    # Reads of BatchMemoryRequest during a submit: the per-user in-flight count (and, with an
+    # Idempotency-Key, the lookup of an earlier submission).
+    "parse.GET.classes": "api.find_or_count",
 }
 
 
@@ -322,3 +325,22 @@ async def compare_variants(
     async with running(settings, list(variants)) as started:
         urls = {v.variant.label: v.api_url for v in started}
         return await measure_fixed_cost(settings, session_token, runs=runs, warmup=warmup, api_urls=urls)
+
+
+async def cpu_ms_per_batch(
+    settings: Settings, session_token: str, *, runs: int = 20, temporal: Client | None = None
+) -> tuple[list[FixedCostRun], dict[str, float]]:
+    """Measure ``runs`` batches on the stack's API and worker; also CPU ms per batch of each process.
+
+    CPU time barely depends on how loaded the machine is, so it says what a batch costs each part
+    even when wall-clock figures are inflated by others' load. ``bench`` is this measuring process.
+    """
+    import os
+
+    from toolkit import procstats
+
+    pids = {**procstats.stack_pids(settings.stack_dir), "bench": os.getpid()}
+    before = procstats.sample(pids)
+    measured = await measure_fixed_cost(settings, session_token, runs=runs, warmup=0, temporal=temporal)
+    delta = procstats.cpu_delta(before, procstats.sample(pids))
+    return measured, {part: round(seconds * 1000 / runs, 1) for part, seconds in delta.items()}

@@ -119,3 +119,14 @@ def cpu_delta(before: list[ProcSample], after: list[ProcSample]) -> dict[str, fl
     """CPU seconds each part used between two samples (parts present in both)."""
     start = {s.part: s.cpu_s for s in before}
     return {s.part: s.cpu_s - start[s.part] for s in after if s.part in start}
+
+
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores, from ``/proc/stat``."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    values = [int(v) for v in first[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return (sum(values) - idle) / _TICKS, sum(values) / _TICKS

@@ -44,6 +44,8 @@ class ScaleOutRow:
     activities_by_worker: dict[str, int] = field(default_factory=dict)  # identity → activities run
     cpu_s: dict[str, float] = field(default_factory=dict)  # process → CPU seconds during the run
     wall_cores: dict[str, float] = field(default_factory=dict)  # cpu_s / seconds: cores kept busy
+    # Share of every core of the machine that was busy, whoever used it (others' load included).
+    machine_busy: float | None = None
 
     @property
     def ceiling(self) -> str | None:
@@ -68,7 +70,7 @@ async def _one_run(
     pids: dict[str, int],
     batches: int,
     memories: list[dict],
-) -> tuple[float, Counter[str], dict[str, float]]:
+) -> tuple[float, Counter[str], dict[str, float], float | None]:
     # The stack's own API and workers idle on another task queue: the variant's processes do the work.
     shared = {
         part: pid
@@ -77,6 +79,7 @@ async def _one_run(
     }
     watched = {**shared, **pids, "bench": os.getpid()}
     before = procstats.sample(watched)
+    machine_before = procstats.machine_cpu_seconds()
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=api_url, timeout=SUBMIT_TIMEOUT_S) as http:
         answers = await asyncio.gather(
@@ -100,12 +103,16 @@ async def _one_run(
     )
     seconds = time.perf_counter() - started
     after = procstats.sample(watched)
+    machine_after = procstats.machine_cpu_seconds()
+    busy = None
+    if machine_before and machine_after and machine_after[1] > machine_before[1]:
+        busy = (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1])
     if any(r.status != "completed" for r in results):
         raise ScaleOutError(f"not every batch completed: {[r.status for r in results]}")
     identities: Counter[str] = Counter()
     for workflow_id in workflow_ids:
         identities += await _activity_identities(temporal, workflow_id)
-    return seconds, identities, procstats.cpu_delta(before, after)
+    return seconds, identities, procstats.cpu_delta(before, after), busy
 
 
 async def measure_scale_out(
@@ -123,7 +130,7 @@ async def measure_scale_out(
     rows: list[ScaleOutRow] = []
     for count in worker_counts:
         async with running(settings, [Variant(f"scale{count}", workers=count)]) as [variant]:
-            seconds, identities, cpu = await _one_run(
+            seconds, identities, cpu, busy = await _one_run(
                 settings, temporal, session_token, variant.api_url, variant.pids, batches, memories
             )
         rate = batches * memories_per_batch / seconds
@@ -138,6 +145,7 @@ async def measure_scale_out(
                 activities_by_worker=dict(identities),
                 cpu_s={k: round(v, 2) for k, v in cpu.items()},
                 wall_cores={k: round(v / seconds, 2) for k, v in cpu.items()},
+                machine_busy=round(busy, 3) if busy is not None else None,
             )
         )
     return rows
@@ -151,5 +159,5 @@ def format_rows(rows: Sequence[ScaleOutRow]) -> list[str]:
             f"{r.memories_per_s:.0f} mem/s, speedup {r.speedup:.2f}x; ceiling: {r.ceiling}"
         )
         lines.append(f"   activities by worker: {r.activities_by_worker}")
-        lines.append(f"   cores busy: {r.wall_cores}")
+        lines.append(f"   cores busy: {r.wall_cores}; whole machine busy: {r.machine_busy}")
     return lines

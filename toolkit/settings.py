@@ -110,6 +110,12 @@ class Settings:
     # Where a worker serves Temporal SDK metrics for Prometheus (0 = off; `toolkit stack up` picks one).
     worker_metrics_port: int = 0
 
+    # Temporal external storage on Parse Files (toolkit.temporal_storage). Every client and worker can
+    # always *read* a payload stored there; this switch decides whether this process *stores* payloads
+    # of at least the threshold (bytes) there instead of inline in the history.
+    temporal_external_storage: bool = False
+    temporal_external_storage_threshold: int = 256 * 1024
+
     # Derived URLs -------------------------------------------------------------------------
     @property
     def api_url(self) -> str:

@@ -1,4 +1,9 @@
-"""Connecting to Temporal: the local dev server, a self-hosted cluster (mTLS) or Temporal Cloud (API key)."""
+"""Connecting to Temporal: the local dev server, a self-hosted cluster (mTLS) or Temporal Cloud (API key).
+
+This is the one place clients are built, so the worker, the API, the bench and the notebooks share one
+data converter: every client can read payloads kept in Parse Files by ``toolkit.temporal_storage``, and
+stores its own large payloads there when ``TEMPORAL_EXTERNAL_STORAGE=1``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 from temporalio.client import Client, TLSConfig
 
 from toolkit.settings import Settings
+from toolkit.temporal_storage import data_converter
 
 
 async def connect(settings: Settings) -> Client:
@@ -21,4 +27,5 @@ async def connect(settings: Settings) -> Client:
         namespace=settings.temporal_namespace,
         api_key=settings.temporal_api_key or None,
         tls=tls or bool(settings.temporal_api_key),
+        data_converter=data_converter(settings),
     )

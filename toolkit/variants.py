@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from toolkit.ports import free_port
 from toolkit.settings import Settings
 
 STARTUP_TIMEOUT_S = 120.0
@@ -45,14 +46,6 @@ class RunningVariant:
     api_url: str
     task_queue: str
     pids: dict[str, int]  # "api", "worker", "worker2", … → pid
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _spawn(argv: list[str], env: dict[str, str], cwd: Path, log_file: Path) -> subprocess.Popen[bytes]:
@@ -101,13 +94,15 @@ async def running(settings: Settings, variants: list[Variant]) -> AsyncIterator[
         for variant in variants:
             checkout = (variant.checkout or own_checkout).resolve()
             queue = f"variant-{variant.label}-{os.getpid()}"
-            port = _free_port()
+            port = free_port()
             env = {
                 **os.environ,
                 "TOOLKIT_STACK_DIR": str(settings.stack_dir),
                 **settings.stack_env(),
                 **variant.env,
                 "TEMPORAL_TASK_QUEUE": queue,
+                # The stack's worker holds its metrics port; a second exporter on it would not start.
+                "WORKER_METRICS_PORT": "0",
                 # The checkout's package first: `python -m toolkit` from its folder imports its code.
                 "PYTHONPATH": str(checkout),
             }

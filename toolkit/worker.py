@@ -14,22 +14,15 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from toolkit.activities import BatchActivities
 from toolkit.parse import ParseClient
+from toolkit.ports import free_port, port_in_use
 from toolkit.settings import Settings
 from toolkit.temporal_client import connect
 from toolkit.workflows import ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow
 
 log = logging.getLogger(__name__)
-
-# The sandbox re-imports, for every new workflow run, each module it does not pass through. Our own
-# package holds no mutable module state and does no I/O at import (toolkit.workflows relies on that
-# already), so it is passed through whole: a new run then costs no re-import of it.
-SANDBOX_RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("toolkit")
-)
 
 
 def build_worker(
@@ -41,7 +34,6 @@ def build_worker(
         task_queue=task_queue or settings.temporal_task_queue,
         workflows=[ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow],
         activities=activities.all(),
-        workflow_runner=SANDBOX_RUNNER,
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         # The SDK otherwise sends heartbeats only every 0.8 x heartbeat_timeout (16 s here), so a retry
         # would resume from a checkpoint that old. One a second keeps the resume point fresh.
@@ -59,7 +51,17 @@ def install_metrics_runtime(settings: Settings) -> str | None:
     """
     if settings.worker_metrics_port <= 0:
         return None
-    bind = f"{settings.bind_host}:{settings.worker_metrics_port}"
+    port = settings.worker_metrics_port
+    if port_in_use(settings.bind_host, port):
+        # Scaling out = more workers on one host, all reading the same stack.env: the first one has the
+        # configured port, the others serve their metrics on a free port and say where.
+        port = free_port(settings.bind_host)
+        log.warning(
+            "WORKER_METRICS_PORT %d is taken (another worker?); metrics on port %d",
+            settings.worker_metrics_port,
+            port,
+        )
+    bind = f"{settings.bind_host}:{port}"
     runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
     Runtime.set_default(runtime, error_if_already_set=True)
     return f"http://{bind}/metrics"

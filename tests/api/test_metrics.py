@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from typing import TYPE_CHECKING
 
 import httpx
@@ -101,3 +102,35 @@ async def test_the_stack_worker_exports_temporal_sdk_metrics(
     assert {"temporal_request", "temporal_num_pollers", "temporal_workflow_completed"} <= names, sorted(names)
     queue = re.escape(settings.temporal_task_queue)
     assert re.search(rf'temporal_workflow_completed\{{[^}}]*task_queue="{queue}"', scrape.text)
+
+
+async def test_a_second_worker_on_the_host_serves_its_metrics_on_another_port(
+    settings: Settings, stack_environ: dict[str, str], http: httpx.AsyncClient, tmp_path
+) -> None:
+    # Scaling out starts more workers from the same stack.env, so they all read one WORKER_METRICS_PORT,
+    # which the stack's worker holds. The newcomer must still start (it used to exit with "Address
+    # already in use") and say where its metrics are.
+    ready = tmp_path / "second-worker.ready"
+    log_path = tmp_path / "second-worker.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "toolkit", "-v", "worker", "--ready-file", str(ready),
+            env=stack_environ, stdout=log, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        for _ in range(300):
+            if ready.exists() or process.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        text = log_path.read_text()
+        assert ready.exists(), f"second worker not ready (exit {process.returncode}):\n{text}"
+        match = re.search(r"metrics on port (\d+)", text)
+        assert match, text
+        port = int(match.group(1))
+        assert port != settings.worker_metrics_port
+        scrape = await http.get(f"http://{settings.bind_host}:{port}/metrics")
+        assert scrape.status_code == 200
+        assert "temporal_" in scrape.text or scrape.text == ""  # the SDK's exporter, possibly still empty
+    finally:
+        process.terminate()
+        await process.wait()

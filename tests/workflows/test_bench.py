@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from toolkit import procstats
 from toolkit.bench import run_bench
 from toolkit.settings import Settings
 
@@ -31,3 +34,23 @@ async def test_a_batch_the_legacy_path_cannot_carry_is_a_failed_row_not_a_crash(
     assert by_path["reference"].success_rate == 1.0 and by_path["reference"].error is None
     assert by_path["legacy"].error is not None
     assert "size exceeds limit" in by_path["legacy"].error or "larger than max" in by_path["legacy"].error
+
+
+async def test_bench_rows_name_the_workers_and_their_peak_memory(
+    worker_settings: Settings, worker: None
+) -> None:
+    rows = await run_bench(
+        worker_settings, sizes=(10,), workload="chitchat", paths=("reference",), echo=print
+    )
+    stack_workers = procstats.worker_count(worker_settings.stack_dir)
+    assert [row.path for row in rows] == ["baseline", "reference"]
+    for row in rows:
+        assert row.workers == stack_workers
+        assert row.api_peak_rss_mb is not None and row.api_peak_rss_mb > 0
+        if stack_workers:
+            assert row.worker_peak_rss_mb is not None and row.worker_peak_rss_mb > 0
+
+
+async def test_bench_refuses_sizes_past_its_range_before_doing_anything(worker_settings: Settings) -> None:
+    with pytest.raises(ValueError, match="1..100,000"):
+        await run_bench(worker_settings, sizes=(10, 100_001), echo=print)

@@ -95,6 +95,12 @@ def _cleanup(args: argparse.Namespace, settings: Settings) -> int:
     return cleanup_command(args, settings)
 
 
+def _payloads(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit.cli.payloads import payloads_command
+
+    return payloads_command(args, settings)
+
+
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from toolkit.cli.bench import bench_command
 
@@ -163,9 +169,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="10-memory batches submitted through the API to break the fixed cost down (0: skip)",
     )
+    p.add_argument(
+        "--paths",
+        nargs="+",
+        choices=["reference", "legacy"],
+        default=["reference", "legacy"],
+        help="paths beside the baseline (the legacy fan-out takes minutes past 1,000 memories)",
+    )
     p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
     p.add_argument("--json", action="store_true", help="also print the rows as JSON")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("payloads", help="Temporal payloads kept in Parse Files (external storage)")
+    p.add_argument("action", choices=["cleanup"])
+    p.add_argument(
+        "--retention-hours",
+        type=float,
+        help="how long closed workflows keep their payloads (default: the namespace's retention)",
+    )
+    p.add_argument(
+        "--min-age-hours", type=float, default=1.0, help="never delete a payload stored more recently"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print what would be deleted; delete nothing")
+    p.set_defaults(func=_payloads)
 
     p = sub.add_parser("worker", help="run a Temporal worker for the batch workflows")
     p.add_argument("--ready-file", help="write the pid here once connected (used by the stack)")

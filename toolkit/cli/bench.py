@@ -18,6 +18,7 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
             settings,
             sizes=args.sizes,
             workload=args.workload,
+            paths=args.paths,
             fixed_cost_runs=args.fixed_cost_runs,
         )
     )

@@ -29,7 +29,7 @@ from toolkit.parse._client import ParseClient
 from toolkit.parse.batch_requests import delete_file_if_present
 from toolkit.parse.errors import ParseError
 from toolkit.parse.models import FINISHED_STATUSES, ParseFile, to_parse_date
-from toolkit.parse.schema import BATCH_MEMORY_REQUEST
+from toolkit.parse.schema import BATCH_MEMORY_REQUEST, TEMPORAL_PAYLOAD
 from toolkit.settings import Settings
 
 __all__ = [
@@ -116,7 +116,17 @@ async def _referenced_names(client: ParseClient) -> set[str]:
     names: set[str] = set()
     async for rows in _pages(client, {"batchDataFile": {"$exists": True}}, keys="batchDataFile"):
         names.update(row["batchDataFile"]["name"] for row in rows if row.get("batchDataFile"))
-    return names
+    # Payloads kept by the Temporal storage driver share the files directory; their own cleanup
+    # (`toolkit payloads cleanup`) decides when they go.
+    skip = 0
+    while True:
+        rows = await client.find(
+            TEMPORAL_PAYLOAD, limit=_PAGE, skip=skip, order="objectId", keys="file", master=True
+        )
+        names.update(row["file"]["name"] for row in rows if row.get("file"))
+        skip += len(rows)
+        if len(rows) < _PAGE:
+            return names
 
 
 async def _clean_orphans(

@@ -38,6 +38,19 @@ def _private_class_permissions(protected: list[str]) -> dict[str, Any]:
 BATCH_MEMORY_REQUEST = "BatchMemoryRequest"
 BATCH_MEMORY_ERROR = "BatchMemoryError"
 MEMORY = "Memory"
+TEMPORAL_PAYLOAD = "TemporalPayload"
+
+# No client may find, read or change these rows; only the master key (which bypasses CLPs) can.
+MASTER_KEY_ONLY: dict[str, Any] = {
+    "find": {},
+    "get": {},
+    "count": {},
+    "create": {},
+    "update": {},
+    "delete": {},
+    "addField": {},
+    "protectedFields": {"*": []},
+}
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     BATCH_MEMORY_REQUEST: {
@@ -109,6 +122,20 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         "indexes": {"Memory_batchId_index": {"batchId": 1, "index": 1}},
         "classLevelPermissions": _private_class_permissions([]),
+    },
+    # One row per Temporal payload stored by toolkit.temporal_storage (objectId = its sha256).
+    # Master key only: the rows name workflows, and the files hold workflow inputs.
+    TEMPORAL_PAYLOAD: {
+        "fields": {
+            "digest": {"type": "String"},
+            "file": {"type": "File"},
+            "storedBytes": {"type": "Number"},
+            "payloadBytes": {"type": "Number"},
+            "workflowIds": {"type": "Array"},
+            "lastUsedAt": {"type": "Date"},
+        },
+        "indexes": {"TemporalPayload_lastUsedAt": {"lastUsedAt": 1}},
+        "classLevelPermissions": MASTER_KEY_ONLY,
     },
 }
 

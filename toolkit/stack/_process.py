@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import httpx
+
+from toolkit.ports import port_in_use
 
 if TYPE_CHECKING:
     from toolkit.settings import Settings
@@ -47,12 +48,6 @@ def read_pid(pid_file: Path) -> int | None:
         return pid
     pid_file.unlink(missing_ok=True)
     return None
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
 
 
 def spawn(

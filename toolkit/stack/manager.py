@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import signal
-import socket
 import time
 from dataclasses import dataclass
 
+from toolkit.ports import free_port
 from toolkit.settings import Settings
 from toolkit.stack._process import StackError, StackPart, stop_pid
 from toolkit.stack.parse_server import ParseServer
@@ -26,12 +26,6 @@ class PartStatus:
     metrics_url: str | None = None  # where Prometheus scrapes the part, if it exports metrics
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def with_local_secrets(settings: Settings) -> Settings:
     """Fill in Parse keys for the local stack when none are configured (kept in stack.env after).
 
@@ -40,7 +34,7 @@ def with_local_secrets(settings: Settings) -> Settings:
     """
     changes: dict[str, object] = {"webhook_allow_private": True}
     if settings.worker_metrics_port <= 0:
-        changes["worker_metrics_port"] = _free_port(settings.bind_host)
+        changes["worker_metrics_port"] = free_port(settings.bind_host)
     if not settings.parse_master_key:
         changes["parse_master_key"] = "master-" + secrets.token_hex(16)
     if not settings.parse_rest_api_key:

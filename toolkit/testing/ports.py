@@ -1,11 +1,5 @@
 """A free TCP port on the loopback interface, for servers a test starts on its own."""
 
-from __future__ import annotations
+from toolkit.ports import free_port
 
-import socket
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["free_port"]
