@@ -39,7 +39,7 @@ from typing import Any
 
 from toolkit.parse import ParseClient
 from toolkit.parse.acl import batch_acl
-from toolkit.parse.errors import DUPLICATE_VALUE, ParseError
+from toolkit.parse.errors import DUPLICATE_VALUE, ParseError, ParseUnavailable
 from toolkit.parse.models import MemoryItem, memory_object_id
 from toolkit.settings import Settings
 
@@ -265,6 +265,10 @@ class MemoryWriter:
             # retry=True: every objectId is client-chosen, so a resend after a lost response only
             # turns the already-created memories into error 137, never into second copies.
             results = await self.client.batch(requests, master=True, retry=True)
+        except ParseUnavailable:
+            # An outage is not the memories' fault: recording them as failed would lose them for good
+            # (found by the fault suite). Raise, so the activity retries from its checkpoint.
+            raise
         except ParseError as exc:
             log.error(
                 "batch %s: /batch call for memories %d..%d failed: %s",

@@ -23,7 +23,9 @@ BATCH_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 # printable ASCII. Every match passes toolkit.webhooks' structural check (tests/fuzz); whether the host
 # resolves to an allowed address is decided at submission and again at delivery.
 _PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-WEBHOOK_URL_PATTERN = rf"^https?://[A-Za-z0-9](?:[A-Za-z0-9.-]{{0,251}}[A-Za-z0-9])?(?::{_PORT})?(?:[/?#][\x21-\x7e]*)?$"
+WEBHOOK_URL_PATTERN = (
+    rf"^https?://[A-Za-z0-9](?:[A-Za-z0-9.-]{{0,251}}[A-Za-z0-9])?(?::{_PORT})?(?:[/?#][\x21-\x7e]*)?$"
+)
 # PostgreSQL cannot store NUL in text: a secret holding one made Parse fail with a 500 (then a 503 here).
 WEBHOOK_SECRET_PATTERN = r"^[^\x00]+$"
 
