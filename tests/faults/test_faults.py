@@ -120,7 +120,7 @@ async def test_temporal_killed_mid_batch_and_down_for_10s(
     await asyncio.sleep(10)
     await fault_stack.start_async("temporal")
     await settle_and_check(
-        [reference, legacy],
+        [reference, second],
         api=api,
         parse=fault_parse,
         temporal=fault_temporal,
