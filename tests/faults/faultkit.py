@@ -37,7 +37,7 @@ from toolkit.stack._process import StackPart, pid_alive, read_pid
 from toolkit.stack.manager import parts
 from toolkit.temporal_client import connect
 from toolkit.testing.ports import free_port
-from toolkit.testing.users import ParseUser, sign_up
+from toolkit.users import ParseUser, sign_up
 
 WEBHOOK_SECRET = "whsec-fault-suite"
 # Each trial's batches must all be final within this long after the fault is over.
@@ -242,7 +242,7 @@ class Users:
 
 @pytest.fixture(scope="session")
 async def users(fault_parse: ParseClient) -> Users:
-    from toolkit.api.rollout import canary_bucket
+    from toolkit.rollout import canary_bucket
 
     percent = int(PROCESS_ENV["PARSE_BATCH_CANARY_PERCENT"])
     found: dict[bool, ParseUser] = {}

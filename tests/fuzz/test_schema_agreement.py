@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from toolkit.api.app import create_app
 from toolkit.parse import ParseClient
 from toolkit.settings import Settings
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 from toolkit.webhooks import WebhookTargetRefused, check_webhook_url
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.settings import Settings
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "6"))
 SEED = int(os.environ.get("FUZZ_SEED", "20261129"))

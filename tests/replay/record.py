@@ -42,10 +42,9 @@ from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import MemoryItem
 from toolkit.settings import Settings, load_settings
-from toolkit.starter import start_batch_workflow_with_reference
-from toolkit.testing.batches import SubmittedBatch, submit_batch
-from toolkit.testing.users import ParseUser, sign_up
+from toolkit.starter import SubmittedBatch, start_batch_workflow_with_reference, store_and_start
 from toolkit.testing.webhook_receiver import running_receiver
+from toolkit.users import ParseUser, sign_up
 from toolkit.workflows import ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow
 from toolkit.workloads import synthetic_memories
 
@@ -107,7 +106,7 @@ class Recorder:
         legacy: bool = False,
         webhook: bool = True,
     ) -> SubmittedBatch:
-        return await submit_batch(
+        return await store_and_start(
             self.temporal,
             self.parse,
             settings,

@@ -28,7 +28,7 @@ from toolkit.parse.errors import ParseUnavailable
 from toolkit.parse.models import MemoryItem, memory_object_id
 from toolkit.settings import Settings
 from toolkit.testing.ports import free_port
-from toolkit.testing.users import ParseUser, add_to_org_role, sign_up
+from toolkit.users import ParseUser, add_to_org_role, sign_up
 from toolkit.workloads import chitchat_memories
 
 

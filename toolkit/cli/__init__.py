@@ -1,4 +1,8 @@
-"""The ``toolkit`` command line. Each subcommand builds the settings once and calls into the package."""
+"""The ``toolkit`` command line. Each subcommand builds the settings once and calls into the package.
+
+All argument parsing and printing lives in this package (one module per command group); the library
+modules it calls neither print nor read ``argv``.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'part':<9} {'pid':>7}  {'health':<8} url")
     for row in rows:
         health = "healthy" if row.healthy else ("running" if row.pid else "stopped")
-        print(f"{row.name:<9} {row.pid or '-':>7}  {health:<8} {row.url}")
+        metrics = f"  metrics {row.metrics_url}" if row.metrics_url else ""
+        print(f"{row.name:<9} {row.pid or '-':>7}  {health:<8} {row.url}{metrics}")
     return 0 if all(r.healthy for r in rows) else 1
 
 
@@ -61,37 +66,37 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     """The main job on the local stack (``make run``)."""
-    from toolkit.jobs import run_main_job
+    from toolkit.cli.run import run_main_job
 
     return run_main_job(settings)
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
-    from toolkit.submit import submit_command
+    from toolkit.cli.submit import submit_command
 
     return submit_command(args, settings)
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from toolkit.submit import status_command
+    from toolkit.cli.submit import status_command
 
     return status_command(args, settings)
 
 
 def _rollout(args: argparse.Namespace, settings: Settings) -> int:
-    from toolkit.api.rollout import rollout_command
+    from toolkit.cli.rollout import rollout_command
 
     return rollout_command(args, settings)
 
 
 def _cleanup(args: argparse.Namespace, settings: Settings) -> int:
-    from toolkit.parse.cleanup import cleanup_command
+    from toolkit.cli.cleanup import cleanup_command
 
     return cleanup_command(args, settings)
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from toolkit.bench import bench_command
+    from toolkit.cli.bench import bench_command
 
     return bench_command(args, settings)
 
@@ -149,7 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cleanup)
 
     p = sub.add_parser("bench", help="both paths against a direct-write baseline, measured in one run")
-    p.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[10, 100, 1000], help="memories per batch, up to 100000"
+    )
+    p.add_argument(
+        "--fixed-cost-runs",
+        type=int,
+        default=10,
+        help="10-memory batches submitted through the API to break the fixed cost down (0: skip)",
+    )
     p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
     p.add_argument("--json", action="store_true", help="also print the rows as JSON")
     p.set_defaults(func=_bench)
