@@ -114,6 +114,17 @@ def memory_fields(item: MemoryItem) -> dict[str, Any]:
     }
 
 
+# Per-item errors that mean "the database is unreachable", not "this memory is bad": Parse answers a
+# /batch with 200 and, per item, a driver or SQLSTATE code (e.g. "ECONNREFUSED", "57P03") or
+# 1 (internal error), 100 (connection failed), 124 (timeout) while PostgreSQL is down or restarting.
+_OUTAGE_ITEM_CODES = {1, 100, 124}
+
+
+def _is_outage(error: Any) -> bool:
+    code = error.get("code") if isinstance(error, dict) else None
+    return isinstance(code, str) or code in _OUTAGE_ITEM_CODES
+
+
 def _format_item_error(error: Any) -> str:
     if isinstance(error, dict):
         return f"Parse error {error.get('code')}: {error.get('error')}"
@@ -283,6 +294,12 @@ class MemoryWriter:
             error = f"Parse /batch answered {answered} results for {len(group)} requests"
             log.error("batch %s: %s", context.batch_id, error)
             return [WriteOutcome(p.index, False, error) for p in group]
+        errors = [result.get("error") if isinstance(result, dict) else None for result in results]
+        outage = next((e for e in errors if _is_outage(e)), None)
+        if outage is not None:
+            # Found by the fault suite (PostgreSQL killed mid-batch): recorded as per-memory failures these
+            # were lost for good. Raise, so the activity retries the chunk (written items then answer 137).
+            raise ParseUnavailable(f"Parse could not store memories: {_format_item_error(outage)}")
         outcomes: list[WriteOutcome] = []
         for p, result in zip(group, results, strict=True):
             error = result.get("error") if isinstance(result, dict) else {"error": result}

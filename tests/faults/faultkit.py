@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from toolkit import stack
 from toolkit.memory_writer import MEMORY_CLASS
 from toolkit.parse import ParseClient
 from toolkit.parse.models import FINISHED_STATUSES
-from toolkit.settings import Settings, load_settings
+from toolkit.settings import REPO_ROOT, Settings, load_settings
 from toolkit.stack._process import StackPart, pid_alive, read_pid
 from toolkit.stack.manager import parts
 from toolkit.temporal_client import connect
@@ -153,9 +154,16 @@ def _fault_environ(stack_dir: Path, ports: dict[str, int]) -> dict[str, str]:
     }
 
 
+# Not under pytest's temporary folder: every pytest session resets that folder's root to mode 0700,
+# and PostgreSQL runs as an unprivileged user that must traverse the path (a concurrent pytest run
+# broke initdb there). One folder per run, removed at the end.
+FAULT_STACKS_DIR = REPO_ROOT / ".stack-faults"
+
+
 @pytest.fixture(scope="session")
-def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
-    stack_dir = tmp_path_factory.mktemp("fault-stack")
+def fault_stack() -> Iterator[FaultStack]:
+    stack_dir = FAULT_STACKS_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    stack_dir.mkdir(parents=True)
     ports = {
         name: free_port()
         for name in ("POSTGRES_PORT", "PARSE_PORT", "TEMPORAL_PORT", "TEMPORAL_UI_PORT", "API_PORT")
@@ -172,6 +180,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
         yield faults
     finally:
         stack.down(faults.settings, echo=lambda line: log(line), grace_s=5)
+        shutil.rmtree(stack_dir, ignore_errors=True)
 
 
 # ---- the webhook receiver -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
 from faultkit import (
     SEED,
     SOAK_TRIALS,
@@ -202,6 +203,7 @@ async def test_webhook_receiver_down_for_a_while_then_back(
 
 if SOAK_TRIALS:
 
+    @pytest.mark.timeout(300 + 240 * SOAK_TRIALS)
     async def test_soak_random_faults(
         fault_stack: FaultStack,
         api: Api,

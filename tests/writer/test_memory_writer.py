@@ -336,6 +336,36 @@ async def test_a_chunk_that_stays_unavailable_raises_and_fails_no_memory(
     assert await count_memories(parse, batch_id) == 10
 
 
+class _DatabaseDownTransport(_FlakyBatchTransport):
+    """Answers the first /batch call as Parse does while PostgreSQL restarts (seen in the fault suite):
+    200, with a driver or SQLSTATE error per item. Later calls reach the real server."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/batch") and self.batch_calls == 0:
+            self.batch_calls += 1
+            count = len(json.loads(request.content)["requests"])
+            codes = ["ECONNREFUSED", "57P03"]
+            answer = [
+                {"error": {"code": codes[i % 2], "error": "database unavailable"}} for i in range(count)
+            ]
+            return httpx.Response(200, json=answer, request=request)
+        return await super().handle_async_request(request)
+
+
+async def test_per_item_database_outage_raises_and_the_retry_writes_every_memory(
+    settings: Settings, parse: ParseClient, user: ParseUser, batch_id: str
+) -> None:
+    transport = _DatabaseDownTransport(lambda n, request: None)
+    async with ParseClient(settings, transport=transport) as client:
+        writer = MemoryWriter(client, batch_size=10, concurrency=1)
+        with pytest.raises(ParseUnavailable):
+            await writer.write(WriteContext(batch_id, user.object_id), _items(chitchat_memories(20)))
+        # What the activity's retry does: the same memories again, now with the database back.
+        outcomes = await writer.write(WriteContext(batch_id, user.object_id), _items(chitchat_memories(20)))
+    assert all(o.ok for o in outcomes) and len(outcomes) == 20
+    assert sorted(await _stored(parse, batch_id)) == list(range(20))
+
+
 async def test_parse_down_raises_instead_of_failing_the_memories(
     settings: Settings, user: ParseUser, batch_id: str
 ) -> None:
