@@ -55,4 +55,4 @@ stack-status: install
 
 clean:
 	-$(TOOLKIT) stack down
-	rm -rf .stack .stack-test reports
+	rm -rf .stack .stack-test .stack-faults reports
