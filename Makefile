@@ -28,7 +28,6 @@ install: $(STAMP)
 run: install
 	$(TOOLKIT) stack up
 	$(TOOLKIT) run
-	$(TOOLKIT) notebooks run
 
 # JupyterLab on the local stack, the project's venv as kernel, notebooks/ open.
 lab: install
