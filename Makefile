@@ -16,7 +16,7 @@ TEST_API_PORT      ?= 28000
 TEST_ENV = TOOLKIT_STACK_DIR=$(TEST_STACK_DIR) POSTGRES_PORT=$(TEST_POSTGRES_PORT) PARSE_PORT=$(TEST_PARSE_PORT) \
            TEMPORAL_PORT=$(TEST_TEMPORAL_PORT) TEMPORAL_UI_PORT=$(TEST_UI_PORT) API_PORT=$(TEST_API_PORT)
 
-.PHONY: install run test lint stack-up stack-down stack-status clean
+.PHONY: install run lab test lint stack-up stack-down stack-status clean
 
 $(STAMP): pyproject.toml parse-server/package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,9 +29,14 @@ run: install
 	$(TOOLKIT) stack up
 	$(TOOLKIT) run
 
+# JupyterLab on the local stack, the project's venv as kernel, notebooks/ open.
+lab: install
+	$(TOOLKIT) stack up
+	$(TOOLKIT) notebooks lab
+
 test: install
 	@env $(TEST_ENV) $(TOOLKIT) stack up && \
-	env $(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	env $(TEST_ENV) $(PY) -m pytest --nbval-lax --nbval-current-env $(PYTEST_ARGS); status=$$?; \
 	env $(TEST_ENV) $(TOOLKIT) stack down; exit $$status
 
 lint: install
@@ -49,4 +54,4 @@ stack-status: install
 
 clean:
 	-$(TOOLKIT) stack down
-	rm -rf .stack .stack-test reports
+	rm -rf .stack .stack-test .stack-faults reports

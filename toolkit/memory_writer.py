@@ -40,7 +40,7 @@ from typing import Any
 
 from toolkit.parse import ParseClient
 from toolkit.parse.acl import batch_acl
-from toolkit.parse.errors import DUPLICATE_VALUE, ParseError
+from toolkit.parse.errors import DUPLICATE_VALUE, ParseError, ParseUnavailable
 from toolkit.parse.models import MemoryItem, memory_object_id
 from toolkit.settings import Settings
 
@@ -113,6 +113,17 @@ def memory_fields(item: MemoryItem) -> dict[str, Any]:
         "type": dumped.get("type") or "text",
         "metadata": dumped.get("metadata") or {},
     }
+
+
+# Per-item errors that mean "the database is unreachable", not "this memory is bad": Parse answers a
+# /batch with 200 and, per item, a driver or SQLSTATE code (e.g. "ECONNREFUSED", "57P03") or
+# 1 (internal error), 100 (connection failed), 124 (timeout) while PostgreSQL is down or restarting.
+_OUTAGE_ITEM_CODES = {1, 100, 124}
+
+
+def _is_outage(error: Any) -> bool:
+    code = error.get("code") if isinstance(error, dict) else None
+    return isinstance(code, str) or code in _OUTAGE_ITEM_CODES
 
 
 def _format_item_error(error: Any) -> str:
@@ -303,6 +314,10 @@ class MemoryWriter:
             # retry=True: every objectId is client-chosen, so a resend after a lost response only
             # turns the already-created memories into error 137, never into second copies.
             results = await self.client.batch(requests, master=True, retry=True)
+        except ParseUnavailable:
+            # An outage is not the memories' fault: recording them as failed would lose them for good
+            # (found by the fault suite). Raise, so the activity retries from its checkpoint.
+            raise
         except ParseError as exc:
             log.error(
                 "batch %s: /batch call for memories %d..%d failed: %s",
@@ -317,6 +332,12 @@ class MemoryWriter:
             error = f"Parse /batch answered {answered} results for {len(group)} requests"
             log.error("batch %s: %s", context.batch_id, error)
             return [WriteOutcome(p.index, False, error) for p in group]
+        errors = [result.get("error") if isinstance(result, dict) else None for result in results]
+        outage = next((e for e in errors if _is_outage(e)), None)
+        if outage is not None:
+            # Found by the fault suite (PostgreSQL killed mid-batch): recorded as per-memory failures these
+            # were lost for good. Raise, so the activity retries the chunk (written items then answer 137).
+            raise ParseUnavailable(f"Parse could not store memories: {_format_item_error(outage)}")
         outcomes: list[WriteOutcome] = []
         for p, result in zip(group, results, strict=True):
             error = result.get("error") if isinstance(result, dict) else {"error": result}

@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["WORKLOADS", "chitchat_memories", "make_memories", "synthetic_memories"]
+__all__ = ["WORKLOADS", "chatterbot_memories", "chitchat_memories", "make_memories", "synthetic_memories"]
 
 # One message of the Chit Chat dataset: (turn, sender, timestamp, text).
 _Message = tuple[int, str, str, str]
@@ -111,9 +111,73 @@ def synthetic_memories(count: int, *, content_bytes: int = 500, seed: int = 0) -
     return memories
 
 
+@functools.cache
+def _chatterbot_lines() -> tuple[tuple[str, str, int, int, str], ...]:
+    """Every line of the ChatterBot corpus as ``(language, category, conversation, turn, text)``, sorted.
+
+    The corpus (``chatterbot-corpus`` wheel, BSD-3) is ~1 MB of YAML dialogs in 28 languages, read from
+    the installed package's data folder: nothing is downloaded at run time.
+    """
+    from importlib.resources import files
+
+    import yaml
+
+    lines = []
+    data = files("chatterbot_corpus") / "data"
+    for language in sorted(d.name for d in data.iterdir() if d.is_dir()):
+        for path in sorted((data / language).iterdir(), key=lambda p: p.name):
+            if not path.name.endswith((".yml", ".yaml")):
+                continue
+            document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            for number, conversation in enumerate(document.get("conversations") or []):
+                for turn, text in enumerate(conversation or []):
+                    if text is not None and str(text).strip():
+                        lines.append((language, path.name.rsplit(".", 1)[0], number, turn, str(text)))
+    return tuple(lines)
+
+
+def chatterbot_memories(count: int, *, seed: int = 0) -> list[dict[str, Any]]:
+    """``count`` real dialog lines of the multilingual ChatterBot corpus (28 languages), as memories.
+
+    A third real-text workload beside chitchat: short question/answer lines, much of it in
+    non-Latin scripts, so it compresses differently from English chat. Files are taken whole, in an
+    order shuffled by ``seed``; a ``count`` above the corpus' ~11,000 lines cycles through it again.
+    Each memory is ``{"content", "type": "text", "metadata": {"language", "category", "conversation",
+    "turn"}}``.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if count == 0:
+        return []
+    by_file: dict[tuple[str, str], list[tuple[str, str, int, int, str]]] = {}
+    for line in _chatterbot_lines():
+        by_file.setdefault((line[0], line[1]), []).append(line)
+    order = sorted(by_file)
+    random.Random(seed).shuffle(order)
+    memories: list[dict[str, Any]] = []
+    while True:
+        for key in order:
+            for language, category, conversation, turn, text in by_file[key]:
+                memories.append(
+                    {
+                        "content": text,
+                        "type": "text",
+                        "metadata": {
+                            "language": language,
+                            "category": category,
+                            "conversation": conversation,
+                            "turn": turn,
+                        },
+                    }
+                )
+                if len(memories) == count:
+                    return memories
+
+
 WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "chitchat": chitchat_memories,
     "synthetic": synthetic_memories,
+    "chatterbot": chatterbot_memories,
 }
 
 

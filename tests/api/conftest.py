@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -115,6 +116,12 @@ def api(start_api: Callable[..., ApiServer]) -> ApiServer:
 def small_api(start_api: Callable[..., ApiServer]) -> ApiServer:
     """An API with small limits (5 memories, 20,000 bytes of content per batch) and no private webhooks."""
     return start_api(MAX_BATCH_MEMORIES="5", MAX_BATCH_BYTES="20000", WEBHOOK_ALLOW_PRIVATE="0")
+
+
+@pytest.fixture(scope="session")
+def unpolled_api(start_api: Callable[..., ApiServer]) -> ApiServer:
+    """An API whose task queue no worker polls: a started workflow waits, so the test can end it."""
+    return start_api(TEMPORAL_TASK_QUEUE=f"unpolled-{datetime.now(UTC):%H%M%S%f}")
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import httpx
-import pytest
 
 from toolkit.api.schemas import ERRORS_PAGE_MAX
 from toolkit.parse import ParseClient
@@ -23,11 +21,6 @@ if TYPE_CHECKING:
     from tests.api.conftest import ApiServer
 
 FAILED = 230
-
-
-@pytest.fixture(scope="module")
-def unpolled_api(start_api: Callable[..., ApiServer]) -> ApiServer:
-    return start_api(TEMPORAL_TASK_QUEUE=f"unpolled-{datetime.now(UTC):%H%M%S%f}")
 
 
 async def test_errors_are_paged_by_index_and_status_shows_a_bounded_sample(

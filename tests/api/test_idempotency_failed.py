@@ -9,12 +9,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import httpx
-import pytest
 
 from toolkit.api.batches import idempotent_batch_id
 from toolkit.parse import ParseClient
@@ -28,12 +25,6 @@ from toolkit.workloads import chitchat_memories
 
 if TYPE_CHECKING:
     from tests.api.conftest import ApiServer
-
-
-@pytest.fixture(scope="module")
-def unpolled_api(start_api: Callable[..., ApiServer]) -> ApiServer:
-    """An API whose task queue no worker polls: its batches stay where the test puts them."""
-    return start_api(TEMPORAL_TASK_QUEUE=f"unpolled-{datetime.now(UTC):%H%M%S%f}")
 
 
 def _keyed(user: ParseUser, key: str) -> dict[str, str]:

@@ -32,9 +32,10 @@ def _value(samples: dict, name: str, **labels: str) -> float:
 
 
 async def test_api_metrics_count_routes_statuses_errors_latency_and_accepted_batches(
-    start_api, http: httpx.AsyncClient, user: ParseUser
+    api: ApiServer, http: httpx.AsyncClient, user: ParseUser
 ) -> None:
-    api: ApiServer = start_api()  # its own process: the counts below are this test's alone
+    # The session's shared API: what this test adds is the difference between two scrapes.
+    before = _samples((await http.get(f"{api.url}/metrics")).text)
     headers = {"X-Parse-Session-Token": user.session_token}
     accepted = await http.post(
         f"{api.url}/v1/memory/batch", json={"memories": chitchat_memories(4)}, headers=headers
@@ -51,25 +52,27 @@ async def test_api_metrics_count_routes_statuses_errors_latency_and_accepted_bat
     scrape = await http.get(f"{api.url}/metrics")
     assert scrape.status_code == 200
     assert scrape.headers["content-type"].startswith("text/plain")
-    samples = _samples(scrape.text)
+    after = _samples(scrape.text)
+
+    def added(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
     status_route = "/v1/batch/{batch_id}/status"
-    assert (
-        _value(samples, "batch_api_requests_total", route="/v1/memory/batch", method="POST", status="202")
-        == 1
-    )
-    assert _value(samples, "batch_api_requests_total", route=status_route, method="GET", status="200") == 3
-    assert _value(samples, "batch_api_requests_total", route=status_route, method="GET", status="404") == 1
-    assert _value(samples, "batch_api_requests_total", route=status_route, method="GET", status="401") == 1
+    requests = "batch_api_requests_total"
+    assert added(requests, route="/v1/memory/batch", method="POST", status="202") == 1
+    assert added(requests, route=status_route, method="GET", status="200") == 3
+    assert added(requests, route=status_route, method="GET", status="404") == 1
+    assert added(requests, route=status_route, method="GET", status="401") == 1
     # An unknown path is counted under one label, never under its own raw path.
-    assert _value(samples, "batch_api_requests_total", route="unmatched", method="GET", status="404") == 1
+    assert added(requests, route="unmatched", method="GET", status="404") == 1
     assert "z" * 40 not in scrape.text
-    assert _value(samples, "batch_api_error_responses_total", **{"class": "4xx"}) == 3
-    assert _value(samples, "batch_api_error_responses_total", **{"class": "5xx"}) == 0
-    assert _value(samples, "batch_api_batches_accepted_total", storage=storage) == 1
-    assert _value(samples, "batch_api_memories_accepted_total", storage=storage) == 4
-    count = _value(samples, "batch_api_request_duration_seconds_count", route=status_route, method="GET")
-    assert count == 5
-    assert _value(samples, "batch_api_request_duration_seconds_sum", route=status_route, method="GET") > 0
+    assert added(requests, route="/metrics", method="GET", status="200") == 1  # the first scrape
+    assert added("batch_api_error_responses_total", **{"class": "4xx"}) == 3
+    assert added("batch_api_error_responses_total", **{"class": "5xx"}) == 0
+    assert added("batch_api_batches_accepted_total", storage=storage) == 1
+    assert added("batch_api_memories_accepted_total", storage=storage) == 4
+    assert added("batch_api_request_duration_seconds_count", route=status_route, method="GET") == 5
+    assert added("batch_api_request_duration_seconds_sum", route=status_route, method="GET") > 0
     # /metrics is for operators: not part of the API's OpenAPI document.
     assert "/metrics" not in (await http.get(f"{api.url}/openapi.json")).json()["paths"]
 

@@ -79,7 +79,7 @@ async def test_a_start_that_landed_keeps_its_request_when_temporal_cannot_confir
         # Once Temporal answers again, the API records the workflow on the request by itself.
         for _ in range(100):
             kept = await store.find_by_idempotency_key(parse, user.object_id, key)
-            if kept is not None and kept.workflow_id:
+            if kept is not None and kept.workflow_run_id:
                 break
             await asyncio.sleep(0.2)
         assert kept is not None and kept.workflow_id == workflow_id_for(batch_id)

@@ -56,11 +56,18 @@ def test_finished_batch_reports_its_completion_time() -> None:
     assert status.webhook_sent is True
 
 
-def test_errors_are_capped_to_the_newest_and_counted() -> None:
-    # Error i happened at second i, so the newest 100 are indexes 50..149.
+def test_errors_of_an_unbounded_older_request_are_capped_to_the_first_recorded_and_counted() -> None:
+    # Stored before the bound (no errorCount): error i happened at second i, so the first 100 are 0..99.
     errors = [BatchError(index=i, error=f"bad {i}", timestamp=NOW + timedelta(seconds=i)) for i in range(150)]
     status = status_from_request(_request(status="partial", errors=errors), NOW)
     assert status.error_count == 150
     assert len(status.errors) == MAX_STATUS_ERRORS == 100
-    assert [e.index for e in status.errors] == list(range(50, 150))
-    assert status.errors[0].error == "bad 50"
+    assert [e.index for e in status.errors] == list(range(100))
+    assert status.errors[0].error == "bad 0"
+
+
+def test_error_count_comes_from_the_counter_beside_the_bounded_sample() -> None:
+    sample = [BatchError(index=i, error=f"bad {i}", timestamp=NOW) for i in range(100)]
+    status = status_from_request(_request(status="partial", errors=sample, error_count=2_500), NOW)
+    assert status.error_count == 2_500
+    assert [e.index for e in status.errors] == list(range(100))

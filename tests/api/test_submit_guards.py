@@ -9,7 +9,6 @@ an org member reading a colleague's batch (now 404), a storage refusal answered 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -70,12 +69,6 @@ async def _requests_of(parse: ParseClient, user: ParseUser) -> int:
 def _payload_bytes(memories: list[dict[str, Any]]) -> int:
     """What Temporal's default JSON converter makes of the memories: compact, ASCII-escaped."""
     return len(json.dumps(memories, separators=(",", ":"), sort_keys=True).encode())
-
-
-@pytest.fixture(scope="module")
-def unpolled_api(start_api: Callable[..., ApiServer]) -> ApiServer:
-    """An API whose task queue no worker polls: a started workflow waits, so the test can end it."""
-    return start_api(TEMPORAL_TASK_QUEUE=f"unpolled-{datetime.now(UTC):%H%M%S%f}")
 
 
 # ---- legacy path: 413 before Temporal's 2 MiB payload limit ------------------------------------------

@@ -48,7 +48,7 @@ async def test_submit_is_503_while_temporal_is_down_and_works_again_once_it_is_b
     # request (a landed start must find it) and says so, naming nothing internal.
     assert down.json() == {"detail": START_UNCONFIRMED}
     kept = [r for r in await _requests(parse, user) if r["batchId"] != first.json()["batch_id"]]
-    assert [(r["status"], r.get("workflowId")) for r in kept] == [("pending", None)]
+    assert [(r["status"], r.get("workflowRunId")) for r in kept] == [("pending", None)]
 
     await asyncio.to_thread(own_temporal.start)  # same port, same SQLite file; blocking health checks
     for _ in range(40):  # the API reconnects lazily, at most once a second

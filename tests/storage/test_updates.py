@@ -42,12 +42,12 @@ async def test_100_concurrent_increments_sum_exactly(
     assert (request.processed_count, request.success_count, request.fail_count) == (100, 75, 25)
 
 
-async def test_50_concurrent_appends_keep_every_entry_sorted_on_read(
+async def test_50_concurrent_appends_record_each_memory_once_sorted_on_read(
     parse: ParseClient, settings: Settings, create_batch: CreateBatch
 ) -> None:
     request_id = await create_batch()
     # One shared timestamp and text for all: only the index tells the entries apart, and two of them
-    # are exact repeats, which Postgres' Add would drop without the per-entry id.
+    # repeat memory 7 (a retried activity): one error per memory, counted once.
     at = datetime.now(UTC)
     indexes = [*range(48), 7, 7]
 
@@ -59,14 +59,14 @@ async def test_50_concurrent_appends_keep_every_entry_sorted_on_read(
     await asyncio.gather(*(asyncio.create_task(one(i)) for i in reversed(indexes)))
 
     request = await _fetch(parse, settings, request_id)
-    assert len(request.errors) == 50
-    assert [e.index for e in request.errors] == sorted(indexes)
+    assert request.error_count == 48
+    assert [e.index for e in request.errors] == list(range(48))
     assert all(
         e.error == "processor failed" and e.timestamp == request.errors[0].timestamp for e in request.errors
     )
 
 
-async def test_errors_are_capped_and_sorted_by_index_then_time(
+async def test_errors_are_capped_one_per_memory_and_sorted_by_index(
     parse: ParseClient, settings: Settings, create_batch: CreateBatch
 ) -> None:
     request_id = await create_batch()
@@ -76,20 +76,22 @@ async def test_errors_are_capped_and_sorted_by_index_then_time(
         request_id,
         [
             BatchError(index=3, error="later", timestamp=t0 + timedelta(seconds=1)),
-            BatchError(index=3, error="x" * 5_000, timestamp=t0),
+            BatchError(index=3, error="earlier", timestamp=t0),
+            BatchError(index=4, error="x" * 5_000, timestamp=t0),
             BatchError(index=-1, error="whole batch", timestamp=t0),
         ],
     )
     await store.append_batch_request_errors(parse, request_id, [])  # a no-op, not an error
 
     request = await _fetch(parse, settings, request_id)
-    assert [(e.index, e.timestamp) for e in request.errors] == [
-        (-1, t0),
-        (3, t0),
-        (3, t0 + timedelta(seconds=1)),
+    # Memory 3 reported twice in one call: the newer report is the one kept.
+    assert [(e.index, e.error[:11], e.timestamp) for e in request.errors] == [
+        (-1, "whole batch", t0),
+        (3, "later", t0 + timedelta(seconds=1)),
+        (4, "x" * 11, t0),
     ]
-    assert len(request.errors[1].error) == store.MAX_ERROR_CHARS
-    assert request.errors[2].error == "later"
+    assert len(request.errors[2].error) == store.MAX_ERROR_CHARS
+    assert request.error_count == 3
 
 
 async def test_absolute_progress_is_idempotent(

@@ -7,6 +7,7 @@ healthy local server will not produce on demand); every write still lands in the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,8 +24,10 @@ from toolkit.memory_writer import (
     memory_fields,
 )
 from toolkit.parse import ParseClient
+from toolkit.parse.errors import ParseUnavailable
 from toolkit.parse.models import MemoryItem, memory_object_id
 from toolkit.settings import Settings
+from toolkit.testing.ports import free_port
 from toolkit.users import ParseUser, add_to_org_role, sign_up
 from toolkit.workloads import chitchat_memories
 
@@ -306,9 +309,11 @@ async def test_unavailable_batch_call_is_retried_without_duplicates(
     assert sorted(await _stored(parse, batch_id)) == list(range(50))
 
 
-async def test_a_chunk_that_stays_unavailable_fails_only_its_memories(
+async def test_a_chunk_that_stays_unavailable_raises_and_fails_no_memory(
     settings: Settings, parse: ParseClient, user: ParseUser, batch_id: str
 ) -> None:
+    # An outage is not the memories' fault. Recording them as failed lost them for good when Parse came
+    # back before the next chunk (found by the fault suite); raising lets the activity retry them.
     dead_id = memory_object_id(batch_id, 10)
     transport = _FlakyBatchTransport(
         lambda n, request: "before" if dead_id in request.content.decode() else None
@@ -319,15 +324,66 @@ async def test_a_chunk_that_stays_unavailable_fails_only_its_memories(
         seen.append(outcomes)
 
     async with ParseClient(settings, transport=transport, retry_delays_s=(0.01, 0.01)) as flaky:
-        outcomes = await MemoryWriter(flaky, batch_size=10, concurrency=2).write(
-            WriteContext(batch_id, user.object_id), _items(chitchat_memories(30)), on_chunk_done=on_chunk_done
-        )
+        with pytest.raises(ParseUnavailable):
+            await MemoryWriter(flaky, batch_size=10, concurrency=1).write(
+                WriteContext(batch_id, user.object_id),
+                _items(chitchat_memories(30)),
+                on_chunk_done=on_chunk_done,
+            )
 
-    failed = [o for o in outcomes if not o.ok]
-    assert [o.index for o in failed] == list(range(10, 20))
-    assert all(o.error and "unreachable" in o.error for o in failed)
-    assert len(seen) == 3
-    assert await count_memories(parse, batch_id) == 20
+    assert [[o.index for o in chunk] for chunk in seen] == [list(range(10))]
+    assert all(o.ok for chunk in seen for o in chunk)
+    assert await count_memories(parse, batch_id) == 10
+
+
+class _DatabaseDownTransport(_FlakyBatchTransport):
+    """Answers the first /batch call as Parse does while PostgreSQL restarts (seen in the fault suite):
+    200, with a driver or SQLSTATE error per item. Later calls reach the real server."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/batch") and self.batch_calls == 0:
+            self.batch_calls += 1
+            count = len(json.loads(request.content)["requests"])
+            codes = ["ECONNREFUSED", "57P03"]
+            answer = [
+                {"error": {"code": codes[i % 2], "error": "database unavailable"}} for i in range(count)
+            ]
+            return httpx.Response(200, json=answer, request=request)
+        return await super().handle_async_request(request)
+
+
+async def test_per_item_database_outage_raises_and_the_retry_writes_every_memory(
+    settings: Settings, parse: ParseClient, user: ParseUser, batch_id: str
+) -> None:
+    transport = _DatabaseDownTransport(lambda n, request: None)
+    async with ParseClient(settings, transport=transport) as client:
+        writer = MemoryWriter(client, batch_size=10, concurrency=1)
+        with pytest.raises(ParseUnavailable):
+            await writer.write(WriteContext(batch_id, user.object_id), _items(chitchat_memories(20)))
+        # What the activity's retry does: the same memories again, now with the database back.
+        outcomes = await writer.write(WriteContext(batch_id, user.object_id), _items(chitchat_memories(20)))
+    assert all(o.ok for o in outcomes) and len(outcomes) == 20
+    assert sorted(await _stored(parse, batch_id)) == list(range(20))
+
+
+async def test_parse_down_raises_instead_of_failing_the_memories(
+    settings: Settings, user: ParseUser, batch_id: str
+) -> None:
+    # A real dead Parse: nothing listens on the port.
+    down = dataclasses.replace(settings, parse_server_url=f"http://127.0.0.1:{free_port()}/parse")
+    seen: list[list[WriteOutcome]] = []
+
+    async def on_chunk_done(outcomes: list[WriteOutcome]) -> None:
+        seen.append(outcomes)
+
+    async with ParseClient(down, retry_delays_s=(0.01,)) as unreachable:
+        with pytest.raises(ParseUnavailable):
+            await MemoryWriter(unreachable, batch_size=10, concurrency=2).write(
+                WriteContext(batch_id, user.object_id),
+                _items(chitchat_memories(30)),
+                on_chunk_done=on_chunk_done,
+            )
+    assert seen == [], "no memory may be reported failed because Parse was down"
 
 
 async def test_requests_are_split_to_stay_under_the_byte_limit(

@@ -1,21 +1,28 @@
-"""Accepting a batch and reporting on it: the logic behind the two batch routes.
+"""Accepting a batch and reporting on it: the logic behind the batch routes.
 
-Submission order: idempotent replay → rollout decision → (legacy: input size) → Temporal connected →
-store in Parse → start the workflow. Everything that can refuse the batch (413, 422, 503) is checked
-before anything is stored, so a refusal or an outage costs nothing.
+Submission order: idempotent replay → in-flight cap (429) → rollout decision → (legacy: input size) →
+Temporal connected → store in Parse → start the workflow. Everything that can refuse the batch (413,
+422, 429, 503) is checked before anything is stored, so a refusal or an outage costs nothing.
 
-Failure policy (design §4.3, "no orphan stays pending"): when the workflow cannot be started the
-stored request is **deleted together with its file**, so a 503 means "nothing happened" and a retry
-(with the same Idempotency-Key) starts clean. If the delete itself fails, the request is marked
-``failed`` with the reason in ``errors`` and its idempotency key released instead.
+Failure policy (design §4.3, "no orphan stays pending"): when the workflow certainly did not start
+(Temporal refused it, or says it does not exist) the stored request is **deleted together with its
+file**, so a 503 means "nothing happened" and a retry (with the same Idempotency-Key) starts clean.
+If the delete itself fails, the request is marked ``failed`` with the reason recorded and its
+idempotency key released instead. When Temporal cannot say whether the start landed (the start and
+the describe after it both fail), deleting could pull the request from under a running workflow, so
+the request is kept, the answer is a 503 saying the start is unconfirmed, and a background task
+settles it once Temporal answers: it records the workflow on the request, or discards the request
+when the start never landed. Error answers are generic; the cause (addresses, backend text) is logged.
 
 Idempotency: with an ``Idempotency-Key`` the batch id is derived from (user, key), so the workflow
 id ``batch-<batch_id>`` is too. Two concurrent identical submits may both store a request, but
 Temporal starts only one workflow for that id; the loser deletes its own request and answers with
 the winner's. Without a key the batch id is a random uuid4. Only a batch that was started (its
-``workflowRunId`` recorded, or its workflow known to Temporal) is replayed: one still being started is
-a 409 "retry", and one whose API crashed before starting it (older than :data:`ORPHAN_AFTER_S`) is
-discarded with its file, and the submission starts afresh.
+``workflowRunId`` recorded, or its workflow known to Temporal) is replayed, whatever its status (a
+``failed`` batch is replayed as-is): one still being started is a 409 "retry", and one whose API
+crashed before starting it (older than :data:`ORPHAN_AFTER_S`) is discarded with its file, and the
+submission starts afresh. Temporal never reuses a workflow id, so when the key's workflow id is taken
+by a submission that was discarded, the key moves on to its next batch id (``generation``).
 
 Ownership: a batch is answered to its owner only. Parse's ACL also lets ``role:org_<id>`` read it,
 so the status lookup checks the owner explicitly (design §4.3: another user's batch is a 404).

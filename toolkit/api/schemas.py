@@ -17,6 +17,16 @@ OBJECT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 # Idempotency keys: printable ASCII, no spaces, bounded (they are stored and indexed).
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 BATCH_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# Webhook URLs the server accepts, stated in the schema so that schema and server agree (a fuzzer found
+# the schema allowing any string): http(s), a host name or IPv4 address, an optional port 1-65535, then
+# printable ASCII. Every match passes toolkit.webhooks' structural check (tests/fuzz); whether the host
+# resolves to an allowed address is decided at submission and again at delivery.
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+WEBHOOK_URL_PATTERN = (
+    rf"^https?://[A-Za-z0-9](?:[A-Za-z0-9.-]{{0,251}}[A-Za-z0-9])?(?::{_PORT})?(?:[/?#][\x21-\x7e]*)?$"
+)
+# PostgreSQL cannot store NUL in text: a secret holding one made Parse fail with a 500 (then a 503 here).
+WEBHOOK_SECRET_PATTERN = r"^[^\x00]+$"
 
 # The validation context key carrying the per-memory content limit of the running app.
 MAX_MEMORY_BYTES = "max_memory_bytes"
@@ -105,13 +115,17 @@ class BatchRequestIn(BaseModel):
     namespace_id: str | None = Field(default=None, pattern=OBJECT_ID_PATTERN)
     workspace_id: str | None = Field(default=None, pattern=OBJECT_ID_PATTERN)
     webhook_url: str | None = Field(
-        default=None, max_length=2048, description="http(s) URL called on completion"
+        default=None,
+        max_length=2048,
+        pattern=WEBHOOK_URL_PATTERN,
+        description="http(s) URL called on completion",
     )
     webhook_secret: str | None = Field(
         default=None,
         min_length=1,
         max_length=256,
-        description="HMAC key for X-Batch-Signature; never returned",
+        pattern=WEBHOOK_SECRET_PATTERN,
+        description="HMAC key for X-Batch-Signature (no NUL character); never returned",
     )
 
 

@@ -107,6 +107,12 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     return bench_command(args, settings)
 
 
+def _notebooks(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit.cli.notebooks import notebooks_command
+
+    return notebooks_command(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolkit", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -196,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a Temporal worker for the batch workflows")
     p.add_argument("--ready-file", help="write the pid here once connected (used by the stack)")
     p.set_defaults(func=_worker)
+
+    from toolkit.cli.notebooks import add_parser as add_notebooks_parser
+
+    add_notebooks_parser(sub, _notebooks)
     return parser
 
 

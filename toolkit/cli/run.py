@@ -1,26 +1,24 @@
-"""``toolkit run``, the main job behind ``make run``: exercise the running stack end to end.
+"""``toolkit run``, the main job behind ``make run``: validate the migration on the running stack.
 
-1. every part of the stack is healthy;
-2. a real 1,000-memory chitchat batch goes through the HTTP API, with live progress, to its final status;
-3. ``toolkit bench``: both paths against the direct-write baseline, measured in this same run.
+1. every part of the stack is healthy, and the live rollout flags are shown;
+2. the validation notebooks run at full size (papermill) into ``reports/<UTC timestamp>/``, each with an
+   HTML copy, and the headline figures are read back from those executed notebooks and printed.
+
+The notebooks are the measurement: 01 sweeps both paths against the direct-write baseline (the bench),
+02 the codecs, 03 a canary through the real API, 04 the rollout runbook, 05 the monitoring views.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from toolkit import stack
 from toolkit.cli.rollout import rollout_command
-from toolkit.cli.submit import submit_command
-from toolkit.settings import Settings
-
-MAIN_JOB_MEMORIES = 1000
-BENCH_SIZES = (10, 100, 1000)
+from toolkit.settings import REPO_ROOT, Settings
 
 
 def run_main_job(settings: Settings) -> int:
-    from toolkit.bench import run_bench
+    from toolkit.notebooks import NOTEBOOKS_DIR, run_notebooks, summary_lines
 
     print("== 1. the stack")
     rows = stack.status(settings)
@@ -30,22 +28,13 @@ def run_main_job(settings: Settings) -> int:
     if not all(row.healthy for row in rows):
         print("the stack is not healthy: run `toolkit stack up` and see .stack/logs/")
         return 1
-
-    print(f"\n== 2. a {MAIN_JOB_MEMORIES}-memory chitchat batch through the API")
-    print("live rollout flags (change with `toolkit rollout on --percent 100`):")
+    print("live rollout flags (the runbook notebook changes them and puts them back):")
     rollout_command(argparse.Namespace(action="status", percent=None, user=None), settings)
-    submitted = submit_command(
-        argparse.Namespace(
-            memories=MAIN_JOB_MEMORIES,
-            workload="chitchat",
-            wait=True,
-            timeout=600.0,
-            idempotency_key=None,
-            webhook_url=None,
-        ),
-        settings,
-    )
 
-    print("\n== 3. both paths against the direct-write baseline (same run, chitchat workload)")
-    asyncio.run(run_bench(settings, sizes=BENCH_SIZES, workload="chitchat"))
-    return submitted
+    print(
+        f"\n== 2. the validation notebooks in {NOTEBOOKS_DIR.relative_to(REPO_ROOT)}/, at full size",
+        flush=True,
+    )
+    out_dir, runs = run_notebooks(REPO_ROOT / "reports")
+    print("\n".join(summary_lines(out_dir, runs)))
+    return 0 if all(run.error is None for run in runs) else 1

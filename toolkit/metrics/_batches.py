@@ -68,7 +68,7 @@ _INT_COLUMNS = (
 _TIME_COLUMNS = ("created_at", "started_at", "completed_at")
 # Everything collect_batches reads; webhookSecret and the batch file are never asked for.
 _KEYS = (
-    "objectId,batchId,user,status,totalMemories,successCount,failCount,errors,createdAt,startedAt,"
+    "objectId,batchId,user,status,totalMemories,successCount,failCount,errors,errorCount,createdAt,startedAt,"
     "completedAt,processingDurationMs,batchMetadata,workflowId"
 )
 _PAGE = 100
@@ -149,7 +149,10 @@ def _row(obj: Mapping[str, Any]) -> dict[str, Any]:
         "total": _number(obj.get("totalMemories")),
         "successful": _number(obj.get("successCount")),
         "failed": _number(obj.get("failCount")),
-        "error_count": len(error_types),
+        # errorCount is exact; `errors` holds only the first 100 (requests from before it: all of them).
+        "error_count": _number(obj.get("errorCount"))
+        if obj.get("errorCount") is not None
+        else len(error_types),
         "created_at": created,
         "started_at": started,
         "completed_at": completed,

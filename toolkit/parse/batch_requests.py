@@ -530,7 +530,9 @@ async def append_batch_request_errors(
     owner = await _error_owner(client, request_id)
     latest: dict[int, BatchError] = {}
     for error in errors:
-        latest[error.index] = error  # within one call, the last report of a memory wins
+        # Within one call, a memory's newest report wins (on a tie, the later one in the list).
+        if error.index not in latest or error.timestamp >= latest[error.index].timestamp:
+            latest[error.index] = error
     ordered = [latest[index] for index in sorted(latest)]
     for start in range(0, len(ordered), _ERRORS_PER_TRANSACTION):
         await _record_errors(client, request_id, owner, ordered[start : start + _ERRORS_PER_TRANSACTION])
