@@ -104,6 +104,9 @@ class Settings:
     webhook_timeout_s: float = 10.0
     worker_max_concurrent_activities: int = 50
 
+    # Where load runs are recorded (loadtests/locustfile.py writes, notebook 06 reads).
+    load_report_root: Path = REPO_ROOT / "reports" / "load"
+
     # Derived URLs -------------------------------------------------------------------------
     @property
     def api_url(self) -> str:
