@@ -11,7 +11,7 @@ import pytest
 from toolkit import stack
 from toolkit.parse import ParseClient
 from toolkit.settings import Settings, load_settings
-from toolkit.testing.users import ParseUser, sign_up
+from toolkit.users import ParseUser, sign_up
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,10 @@ ceiling for this machine. Every figure is printed beside its ratio to that basel
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from temporalio.client import Client
 
@@ -20,9 +19,9 @@ from toolkit.parse import ParseClient
 from toolkit.parse.codec import EncodedBatch, encode_memories
 from toolkit.parse.models import MemoryItem
 from toolkit.settings import Settings
+from toolkit.starter import store_and_start
 from toolkit.temporal_client import connect
-from toolkit.testing.batches import submit_batch
-from toolkit.testing.users import ParseUser, sign_up
+from toolkit.users import ParseUser, sign_up
 from toolkit.workloads import make_memories
 
 
@@ -122,7 +121,7 @@ async def _run_path(
     """Submit ``memories`` on one path, wait for the result, and read the history figures."""
     size = len(memories)
     started = time.perf_counter()
-    batch = await submit_batch(temporal, parse, settings, user, memories, legacy=path == "legacy")
+    batch = await store_and_start(temporal, parse, settings, user, memories, legacy=path == "legacy")
     summary = await batch.result()
     seconds = time.perf_counter() - started
     figures = await measure_history(batch.handle)
@@ -154,12 +153,3 @@ def _format(row: BenchRow) -> str:
         f"{row.workload:<9} {row.memories:>6} {row.path:<9} {row.memories_per_s:>8.0f} mem/s "
         f"{row.vs_baseline:>5.2f}x baseline  ok {row.success_rate:>6.1%}  {size}  {history}"
     )
-
-
-def bench_command(args, settings: Settings) -> int:
-    rows = asyncio.run(run_bench(settings, sizes=args.sizes, workload=args.workload))
-    if args.json:
-        import json
-
-        print(json.dumps([asdict(r) for r in rows], indent=2))
-    return 0

@@ -1,17 +1,26 @@
-"""Starting batch workflows: the reference path and its legacy twin. Workflow id ``batch-<batch_id>``."""
+"""Starting batch workflows: the reference path and its legacy twin. Workflow id ``batch-<batch_id>``.
+
+:func:`store_and_start` does what the API does after its checks, without HTTP in front: store the batch
+in Parse, then start its workflow. The bench, the notebooks and the workflow tests use it to measure the
+pipeline on its own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 
-from toolkit.batch_types import BatchContext, BatchReference, LegacyBatchInput
+from toolkit.batch_types import BatchContext, BatchReference, BatchSummary, LegacyBatchInput
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import MemoryItem
 from toolkit.settings import Settings
+from toolkit.users import ParseUser
 from toolkit.workflows import LEGACY_WORKFLOW, NEW_WORKFLOW
 
 
@@ -66,3 +75,56 @@ async def start_legacy_batch_workflow(
     )
     await store.record_workflow(parse, request_id, handle.id, handle.result_run_id or "")
     return handle.id
+
+
+@dataclass
+class SubmittedBatch:
+    request_id: str
+    batch_id: str
+    handle: WorkflowHandle
+
+    async def result(self) -> BatchSummary:
+        return await self.handle.result()
+
+
+async def store_and_start(
+    temporal: Client,
+    parse: ParseClient,
+    settings: Settings,
+    user: ParseUser,
+    memories: Sequence[MemoryItem | Mapping[str, Any]],
+    *,
+    legacy: bool = False,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+) -> SubmittedBatch:
+    """Store ``memories`` as a new batch of ``user`` and start its workflow on ``settings``' task queue."""
+    items = [MemoryItem.model_validate(m) for m in memories]
+    batch_id = uuid.uuid4().hex
+    request_id = await store.create_batch_memory_request_in_parse(
+        parse,
+        settings,
+        batch_id=batch_id,
+        user_id=user.object_id,
+        memories=items,
+        storage="legacy" if legacy else "reference",
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+    )
+    if legacy:
+        workflow_id = await start_legacy_batch_workflow(
+            temporal,
+            parse,
+            settings,
+            request_id=request_id,
+            batch_id=batch_id,
+            user_id=user.object_id,
+            memories=items,
+        )
+    else:
+        workflow_id = await start_batch_workflow_with_reference(
+            temporal, parse, settings, request_id=request_id, batch_id=batch_id
+        )
+    return SubmittedBatch(
+        request_id, batch_id, temporal.get_workflow_handle(workflow_id, result_type=BatchSummary)
+    )

@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from toolkit.api import rollout
-from toolkit.api.rollout import RolloutFlags
+from toolkit import rollout
 from toolkit.parse import ParseClient
+from toolkit.rollout import RolloutFlags
 from toolkit.settings import Settings
 from toolkit.testing.ports import free_port
 

@@ -12,13 +12,13 @@ import pytest
 from temporalio.client import Client
 
 from toolkit.api.batches import idempotent_batch_id
-from toolkit.api.rollout import canary_bucket
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
+from toolkit.rollout import canary_bucket
 from toolkit.settings import Settings
 from toolkit.temporal_client import connect
-from toolkit.testing.users import ParseUser, sign_up
+from toolkit.users import ParseUser, sign_up
 from toolkit.workloads import chitchat_memories
 
 if TYPE_CHECKING:

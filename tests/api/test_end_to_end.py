@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from toolkit.cli.submit import submit_command
 from toolkit.parse import ParseClient
 from toolkit.settings import Settings
-from toolkit.submit import submit_batch, submit_command, wait_for_batch
+from toolkit.submit import submit_batch, wait_for_batch
 from toolkit.temporal_client import connect
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 from toolkit.worker import build_worker
 from toolkit.workloads import chitchat_memories
 

@@ -14,8 +14,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from toolkit.api import rollout
-from toolkit.api.rollout import (
+from toolkit import rollout
+from toolkit.cli.rollout import rollout_command
+from toolkit.parse import ParseClient
+from toolkit.rollout import (
     FLAGS_TTL_S,
     InvalidPercent,
     RolloutFlags,
@@ -26,7 +28,6 @@ from toolkit.api.rollout import (
     in_canary,
     validate_percent,
 )
-from toolkit.parse import ParseClient
 from toolkit.settings import Settings
 
 
@@ -42,7 +43,7 @@ USER_IDS = _synthetic_user_ids(10_000)
 # Run in a fresh interpreter: the canary buckets (ours) and hash() buckets (the original plan's).
 _BUCKETS_SCRIPT = """
 import hashlib, random, sys
-from toolkit.api.rollout import canary_bucket
+from toolkit.rollout import canary_bucket
 rng = random.Random(20240501)
 alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 ids = ["".join(rng.choices(alphabet, k=10)) for _ in range(10_000)]
@@ -195,7 +196,7 @@ def restore_flags_sync(settings: Settings) -> Iterator[None]:
 def _command(
     settings: Settings, action: str, percent: int | None = None, users: list[str] | None = None
 ) -> int:
-    return rollout.rollout_command(argparse.Namespace(action=action, percent=percent, user=users), settings)
+    return rollout_command(argparse.Namespace(action=action, percent=percent, user=users), settings)
 
 
 def test_rollout_command_sets_and_reports(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from toolkit.cli.submit import status_command
 from toolkit.parse import ParseClient
 from toolkit.settings import Settings
 from toolkit.submit import (
@@ -19,11 +20,10 @@ from toolkit.submit import (
     LocalUserLost,
     get_status,
     local_session,
-    status_command,
     submit_batch,
     wait_for_batch,
 )
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 from toolkit.workloads import chitchat_memories
 
 if TYPE_CHECKING:

@@ -21,7 +21,6 @@ from toolkit.api.auth import AuthenticatedUser
 from toolkit.api.batches import ORPHAN_AFTER_S, BatchService, idempotent_batch_id
 from toolkit.api.errors import RequestInvalid
 from toolkit.api.legacy_limit import LEGACY_MAX_INPUT_BYTES, legacy_input_bytes
-from toolkit.api.rollout import RolloutReader
 from toolkit.api.schemas import BatchRequestIn, MemoryIn
 from toolkit.api.temporal import TemporalConnection
 from toolkit.batch_types import BatchContext, LegacyBatchInput
@@ -30,10 +29,11 @@ from toolkit.parse import batch_requests as store
 from toolkit.parse.errors import ObjectNotFound
 from toolkit.parse.models import MemoryItem
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
+from toolkit.rollout import RolloutReader
 from toolkit.settings import Settings
 from toolkit.starter import workflow_id_for
 from toolkit.temporal_client import connect
-from toolkit.testing.users import ParseUser, add_to_org_role
+from toolkit.users import ParseUser, add_to_org_role
 from toolkit.workflows import NEW_WORKFLOW
 from toolkit.workloads import chitchat_memories, synthetic_memories
 

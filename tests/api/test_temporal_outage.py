@@ -17,7 +17,7 @@ from toolkit.settings import Settings
 from toolkit.stack._process import stop_pid
 from toolkit.stack.temporal import TemporalServer
 from toolkit.testing.ports import free_port
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 from toolkit.workloads import chitchat_memories
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 from toolkit.parse import ParseClient
-from toolkit.testing.users import ParseUser, add_to_org_role
+from toolkit.users import ParseUser, add_to_org_role
 
 
 async def test_users_get_sessions_and_org_roles(parse: ParseClient, user: ParseUser, unique: str) -> None:

@@ -11,7 +11,7 @@ from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import MemoryItem
 from toolkit.settings import Settings
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 
 UNICODE_MEMORIES: list[dict[str, Any]] = [
     {"content": "emoji 🎉👩‍👩‍👧‍👦🏳️‍🌈 and astral 𝄞", "type": "text", "metadata": {"tag": "🙂"}},

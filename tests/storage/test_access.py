@@ -13,7 +13,7 @@ import pytest
 from toolkit.parse import ObjectNotFound, ParseClient, ParseError
 from toolkit.parse import batch_requests as store
 from toolkit.settings import Settings
-from toolkit.testing.users import ParseUser, add_to_org_role
+from toolkit.users import ParseUser, add_to_org_role
 
 CreateBatch = Callable[..., Awaitable[str]]
 SECRET = "whsec-do-not-leak"

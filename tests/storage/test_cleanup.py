@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from toolkit.cli.cleanup import cleanup_command
 from toolkit.parse import ObjectNotFound, ParseClient
 from toolkit.parse import batch_requests as store
-from toolkit.parse.cleanup import cleanup_command, cleanup_finished_files, local_files_dir
+from toolkit.parse.cleanup import cleanup_finished_files, local_files_dir
 from toolkit.parse.models import BatchMemoryRequest, ParseFile
 from toolkit.settings import Settings
 

@@ -14,7 +14,7 @@ from toolkit.parse import batch_requests as store
 from toolkit.parse.codec import CODEC
 from toolkit.parse.models import MemoryItem
 from toolkit.settings import Settings
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 from toolkit.workloads import chitchat_memories
 
 CreateBatch = Callable[..., Awaitable[str]]

@@ -12,7 +12,7 @@ from toolkit.parse import ObjectNotFound, ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import BatchError, BatchMemoryRequest
 from toolkit.settings import Settings
-from toolkit.testing.users import ParseUser
+from toolkit.users import ParseUser
 
 CreateBatch = Callable[..., Awaitable[str]]
 

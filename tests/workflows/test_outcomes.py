@@ -10,9 +10,9 @@ from toolkit.memory_writer import count_memories
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.settings import Settings
-from toolkit.testing.batches import submit_batch
-from toolkit.testing.users import ParseUser
+from toolkit.starter import store_and_start
 from toolkit.testing.webhook_receiver import running_receiver
+from toolkit.users import ParseUser
 from toolkit.workloads import chitchat_memories
 
 SECRET = "whsec-test-5b1f0c"
@@ -20,7 +20,7 @@ SECRET = "whsec-test-5b1f0c"
 
 async def _submit_with_webhook(temporal, parse, settings, user, receiver, count: int):
     """A chitchat batch of ``count`` whose completion webhook goes to ``receiver``, signed with SECRET."""
-    return await submit_batch(
+    return await store_and_start(
         temporal,
         parse,
         settings,
@@ -47,7 +47,7 @@ async def test_rejected_memories_give_partial_with_one_error_per_failed_index(
     for index in rejected:
         # PostgreSQL cannot store a NUL character: the writer rejects exactly these memories.
         memories[index] = {**memories[index], "content": "broken \x00 memory"}
-    batch = await submit_batch(temporal, parse, worker_settings, user, memories)
+    batch = await store_and_start(temporal, parse, worker_settings, user, memories)
     summary = await batch.result()
     assert (summary.status, summary.successful, summary.failed) == ("partial", 57, 3)
     assert await count_memories(parse, batch.batch_id) == 57
@@ -66,7 +66,7 @@ async def test_every_memory_rejected_gives_failed(
     temporal: Client, parse: ParseClient, worker_settings: Settings, worker: None, user: ParseUser
 ) -> None:
     memories = [{"content": f"bad \x00 {i}"} for i in range(4)]
-    summary = await (await submit_batch(temporal, parse, worker_settings, user, memories)).result()
+    summary = await (await store_and_start(temporal, parse, worker_settings, user, memories)).result()
     assert (summary.status, summary.successful, summary.failed) == ("failed", 0, 4)
 
 
@@ -131,7 +131,7 @@ async def test_history_holds_no_credential_and_no_memory_content(
 ) -> None:
     memories = chitchat_memories(50)
     with running_receiver(SECRET) as receiver:
-        reference = await submit_batch(
+        reference = await store_and_start(
             temporal,
             parse,
             worker_settings,
@@ -140,7 +140,7 @@ async def test_history_holds_no_credential_and_no_memory_content(
             webhook_url=receiver.url(),
             webhook_secret=SECRET,
         )
-        legacy = await submit_batch(
+        legacy = await store_and_start(
             temporal,
             parse,
             worker_settings,

@@ -15,9 +15,9 @@ from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import MemoryItem
 from toolkit.settings import Settings
-from toolkit.testing.batches import submit_batch
-from toolkit.testing.users import ParseUser
+from toolkit.starter import store_and_start
 from toolkit.testing.webhook_receiver import running_receiver
+from toolkit.users import ParseUser
 from toolkit.workflows import NEW_WORKFLOW
 from toolkit.workloads import chitchat_memories
 
@@ -25,7 +25,7 @@ from toolkit.workloads import chitchat_memories
 async def test_hundred_memories_complete_with_exact_counts(
     temporal: Client, parse: ParseClient, worker_settings: Settings, worker: None, user: ParseUser
 ) -> None:
-    batch = await submit_batch(temporal, parse, worker_settings, user, chitchat_memories(100))
+    batch = await store_and_start(temporal, parse, worker_settings, user, chitchat_memories(100))
     summary = await batch.result()
     assert (summary.status, summary.total, summary.successful, summary.failed) == ("completed", 100, 100, 0)
 
@@ -46,7 +46,7 @@ async def test_hundred_memories_complete_with_exact_counts(
 async def test_rerunning_a_finished_batch_writes_nothing_new(
     temporal: Client, parse: ParseClient, worker_settings: Settings, worker: None, user: ParseUser
 ) -> None:
-    batch = await submit_batch(temporal, parse, worker_settings, user, chitchat_memories(30))
+    batch = await store_and_start(temporal, parse, worker_settings, user, chitchat_memories(30))
     await batch.result()
     # A second workflow for the same request finds it finished and writes nothing.
     again = await temporal.execute_workflow(

@@ -8,8 +8,8 @@ from temporalio.client import Client
 from toolkit.history import measure_history
 from toolkit.parse import ParseClient
 from toolkit.settings import Settings
-from toolkit.testing.batches import submit_batch
-from toolkit.testing.users import ParseUser
+from toolkit.starter import store_and_start
+from toolkit.users import ParseUser
 from toolkit.workloads import chitchat_memories, synthetic_memories
 
 
@@ -18,7 +18,7 @@ async def test_reference_input_and_history_stay_small_whatever_the_batch_size(
 ) -> None:
     figures = {}
     for size in (10, 100, 1000):
-        batch = await submit_batch(temporal, parse, worker_settings, user, chitchat_memories(size))
+        batch = await store_and_start(temporal, parse, worker_settings, user, chitchat_memories(size))
         summary = await batch.result()
         assert summary.successful == size
         figures[size] = await measure_history(batch.handle)
@@ -52,8 +52,8 @@ async def test_legacy_history_at_100_memories_dwarfs_the_reference(
     memories: list[dict],
     min_ratio: int,
 ) -> None:
-    reference = await submit_batch(temporal, parse, worker_settings, user, memories)
-    legacy = await submit_batch(temporal, parse, worker_settings, user, memories, legacy=True)
+    reference = await store_and_start(temporal, parse, worker_settings, user, memories)
+    legacy = await store_and_start(temporal, parse, worker_settings, user, memories, legacy=True)
     assert (await reference.result()).successful == 100
     legacy_summary = await legacy.result()
     assert (legacy_summary.status, legacy_summary.successful) == ("completed", 100)

@@ -15,8 +15,8 @@ from temporalio.client import Client
 from toolkit.memory_writer import count_memories
 from toolkit.parse import ParseClient
 from toolkit.settings import Settings
-from toolkit.testing.batches import submit_batch
-from toolkit.testing.users import ParseUser
+from toolkit.starter import store_and_start
+from toolkit.users import ParseUser
 from toolkit.workloads import synthetic_memories
 
 
@@ -60,7 +60,7 @@ async def test_killed_worker_resumes_from_checkpoint_without_loss_or_duplicates(
 
     await wait_for(first_ready, 60, "the first worker")
 
-    batch = await submit_batch(
+    batch = await store_and_start(
         temporal, parse, worker_settings, user, synthetic_memories(2000, content_bytes=300)
     )
 

@@ -25,7 +25,7 @@ from toolkit.memory_writer import (
 from toolkit.parse import ParseClient
 from toolkit.parse.models import MemoryItem, memory_object_id
 from toolkit.settings import Settings
-from toolkit.testing.users import ParseUser, add_to_org_role, sign_up
+from toolkit.users import ParseUser, add_to_org_role, sign_up
 from toolkit.workloads import chitchat_memories
 
 

@@ -18,7 +18,6 @@ from toolkit.api.auth import AuthenticatedUser, Authenticator, AuthError, curren
 from toolkit.api.batches import BatchService
 from toolkit.api.body import read_batch
 from toolkit.api.errors import ApiError, RequestInvalid
-from toolkit.api.rollout import RolloutReader
 from toolkit.api.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
     BatchAccepted,
@@ -29,6 +28,7 @@ from toolkit.api.schemas import (
 )
 from toolkit.api.temporal import TemporalConnection
 from toolkit.parse import ParseClient
+from toolkit.rollout import RolloutReader
 from toolkit.settings import Settings
 
 DESCRIPTION = """Batch memory ingestion (claim-check on Parse, processed by Temporal workers).

@@ -46,7 +46,6 @@ from toolkit.api.errors import (
 )
 from toolkit.api.legacy_limit import LegacyInputTooLarge, ensure_fits_legacy_input
 from toolkit.api.progress import status_from_request, storage_of
-from toolkit.api.rollout import RolloutReader, Storage
 from toolkit.api.schemas import BATCH_ID_PATTERN, BatchAccepted, BatchRequestIn, BatchStatusOut
 from toolkit.api.temporal import TEMPORAL_CONNECT_ERRORS, TemporalConnection, TemporalUnavailable
 from toolkit.parse import ParseClient
@@ -54,6 +53,7 @@ from toolkit.parse import batch_requests as store
 from toolkit.parse.codec import CodecError
 from toolkit.parse.errors import ParseError, ParseUnavailable, PermissionDenied
 from toolkit.parse.models import BatchError, BatchMemoryRequest
+from toolkit.rollout import RolloutReader, Storage
 from toolkit.settings import Settings
 from toolkit.starter import start_batch_workflow_with_reference, start_legacy_batch_workflow, workflow_id_for
 

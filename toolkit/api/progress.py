@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from toolkit.api.schemas import BatchErrorOut, BatchStatusOut, Storage
-from toolkit.parse.models import FINISHED_STATUSES, BatchMemoryRequest
+from toolkit.api.schemas import BatchErrorOut, BatchStatusOut
+from toolkit.parse.models import FINISHED_STATUSES, BatchMemoryRequest, Storage
 
 # The status answer carries at most this many errors (the newest); error_count says how many exist.
 MAX_STATUS_ERRORS = 100

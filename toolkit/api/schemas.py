@@ -8,9 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from toolkit.parse.models import MemoryItem
+from toolkit.parse.models import MemoryItem, Storage
 
-Storage = Literal["reference", "legacy"]
 BatchStatusName = Literal["pending", "processing", "completed", "partial", "failed"]
 
 # Ids of Parse objects the caller names: they end up in pointers and role names.

@@ -25,7 +25,7 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
@@ -47,6 +47,7 @@ from toolkit.parse.models import (
     BatchStatus,
     MemoryItem,
     ParseFile,
+    Storage,
     to_parse_date,
     validate_object_id,
 )
@@ -73,8 +74,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Storage = Literal["reference", "legacy"]
 
 BATCH_FILE_CONTENT_TYPE = "application/gzip"
 # An error text longer than this is cut: one pathological message must not bloat the object.

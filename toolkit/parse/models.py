@@ -38,6 +38,7 @@ __all__ = [
     "MemoryType",
     "ParseDatetime",
     "ParseFile",
+    "Storage",
     "Pointer",
     "from_parse_date",
     "memory_object_id",
@@ -216,6 +217,9 @@ class MemoryItem(BaseModel):
 
 # ---- BatchMemoryRequest ----------------------------------------------------------------------------
 
+# Which path carried a batch: the Parse File reference (new) or the whole batch in the input (legacy).
+Storage = Literal["reference", "legacy"]
+
 BatchStatus = Literal["pending", "processing", "completed", "partial", "failed"]
 # A request in one of these states is done: a rerun must not process it again.
 FINISHED_STATUSES: tuple[BatchStatus, ...] = ("completed", "partial", "failed")
@@ -251,7 +255,7 @@ class BatchMetadata(BaseModel):
     total_chunks: int = 1
     source: str = "batch_api"
     created_at: ParseDatetime
-    storage: Literal["reference", "legacy"]
+    storage: Storage
 
     def to_parse(self) -> dict[str, Any]:
         # An Object field: nested values stay plain JSON (the date as an ISO string).

@@ -1,4 +1,4 @@
-"""Create real Parse users (and org roles) for tests, load runs and `toolkit submit`."""
+"""Real Parse users and organization roles: for `toolkit submit`, notebooks, load runs and tests."""
 
 from __future__ import annotations
 

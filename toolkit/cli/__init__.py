@@ -1,4 +1,8 @@
-"""The ``toolkit`` command line. Each subcommand builds the settings once and calls into the package."""
+"""The ``toolkit`` command line. Each subcommand builds the settings once and calls into the package.
+
+All argument parsing and printing lives in this package (one module per command group); the library
+modules it calls neither print nor read ``argv``.
+"""
 
 from __future__ import annotations
 
@@ -61,37 +65,37 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     """The main job on the local stack (``make run``)."""
-    from toolkit.jobs import run_main_job
+    from toolkit.cli.run import run_main_job
 
     return run_main_job(settings)
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
-    from toolkit.submit import submit_command
+    from toolkit.cli.submit import submit_command
 
     return submit_command(args, settings)
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from toolkit.submit import status_command
+    from toolkit.cli.submit import status_command
 
     return status_command(args, settings)
 
 
 def _rollout(args: argparse.Namespace, settings: Settings) -> int:
-    from toolkit.api.rollout import rollout_command
+    from toolkit.cli.rollout import rollout_command
 
     return rollout_command(args, settings)
 
 
 def _cleanup(args: argparse.Namespace, settings: Settings) -> int:
-    from toolkit.parse.cleanup import cleanup_command
+    from toolkit.cli.cleanup import cleanup_command
 
     return cleanup_command(args, settings)
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from toolkit.bench import bench_command
+    from toolkit.cli.bench import bench_command
 
     return bench_command(args, settings)
 

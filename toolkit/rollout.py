@@ -1,5 +1,8 @@
 """The rollout controls: which storage path a user's batch takes (design §1 step 5, §4.2).
 
+Used by the API (per request), the CLI (`toolkit rollout`), the runbook notebook and the load tests;
+it needs only a Parse client, never the web app.
+
 Two live flags sit in Parse Config, readable and writable with the master key only:
 ``USE_PARSE_BATCH_STORAGE`` (bool) and ``PARSE_BATCH_CANARY_PERCENT`` (0–100). The settings carry
 the defaults used when Parse Config lacks a key. The canary bucket of a user is a stable digest of
@@ -9,22 +12,19 @@ API workers: the defect of the original plan).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from toolkit.parse import ParseClient
+from toolkit.parse.models import Storage
 from toolkit.settings import Settings
 
 log = logging.getLogger(__name__)
-
-Storage = Literal["reference", "legacy"]
 
 FLAG_KEY = "USE_PARSE_BATCH_STORAGE"
 PERCENT_KEY = "PARSE_BATCH_CANARY_PERCENT"
@@ -193,61 +193,3 @@ async def master_key_only(parse: ParseClient) -> dict[str, bool]:
     """Whether each rollout key is hidden from non-master clients."""
     flags = (await _read_config(parse)).get("masterKeyOnly") or {}
     return {key: bool(flags.get(key)) for key in ROLLOUT_KEYS}
-
-
-# ---- `toolkit rollout status | set --percent N | on | off` ------------------------------------------
-def _describe(flags: RolloutFlags, protected: dict[str, bool]) -> list[str]:
-    if not flags.use_parse_batch_storage:
-        effect = "every user on the legacy path (rolled back)"
-    elif flags.canary_percent >= 100:
-        effect = "every user on the reference (Parse File) path"
-    else:
-        effect = f"{flags.canary_percent}% of users on the reference path, the rest on legacy"
-    lines = [
-        f"{FLAG_KEY}={str(flags.use_parse_batch_storage).lower()}",
-        f"{PERCENT_KEY}={flags.canary_percent}",
-        f"effect: {effect} (API processes pick this up within {FLAGS_TTL_S:g} s)",
-    ]
-    if flags.defaulted:
-        lines.append(f"from settings defaults (missing in Parse Config): {', '.join(flags.defaulted)}")
-    public = [key for key, hidden in protected.items() if not hidden]
-    if public:
-        lines.append(f"WARNING: not master-key-only, readable by any client: {', '.join(public)}")
-    return lines
-
-
-async def _rollout(args: argparse.Namespace, settings: Settings) -> list[str]:
-    async with ParseClient(settings) as parse:
-        if args.action == "set":
-            if args.percent is None:
-                raise InvalidPercent("`rollout set` needs --percent N (0–100)")
-            flags = await write_flags(parse, settings, percent=args.percent)
-        elif args.action == "on":
-            flags = await write_flags(parse, settings, enabled=True, percent=args.percent)
-        elif args.action == "off":
-            flags = await write_flags(parse, settings, enabled=False)
-        else:
-            flags = await read_flags(parse, settings)
-        lines = _describe(flags, await master_key_only(parse))
-        for user_id in getattr(args, "user", None) or []:
-            lines.append(
-                f"user {user_id}: bucket {canary_bucket(user_id)} -> {choose_storage(flags, user_id)}"
-            )
-        return lines
-
-
-def rollout_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``toolkit rollout``: print, or change then print, the live rollout flags."""
-    if args.percent is not None:
-        try:
-            validate_percent(args.percent)
-        except InvalidPercent as exc:
-            print(f"toolkit rollout: {exc}", file=sys.stderr)
-            return 2
-    try:
-        lines = asyncio.run(_rollout(args, settings))
-    except InvalidPercent as exc:
-        print(f"toolkit rollout: {exc}", file=sys.stderr)
-        return 2
-    print("\n".join(lines))
-    return 0

@@ -1,4 +1,4 @@
-"""The main job behind ``make run``: exercise the running stack end to end and print what it shows.
+"""``toolkit run``, the main job behind ``make run``: exercise the running stack end to end.
 
 1. every part of the stack is healthy;
 2. a real 1,000-memory chitchat batch goes through the HTTP API, with live progress, to its final status;
@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 
 from toolkit import stack
+from toolkit.cli.rollout import rollout_command
+from toolkit.cli.submit import submit_command
 from toolkit.settings import Settings
 
 MAIN_JOB_MEMORIES = 1000
@@ -17,10 +20,7 @@ BENCH_SIZES = (10, 100, 1000)
 
 
 def run_main_job(settings: Settings) -> int:
-    from toolkit.api.rollout import rollout_command
     from toolkit.bench import run_bench
-    from toolkit.cli import build_parser
-    from toolkit.submit import submit_command
 
     print("== 1. the stack")
     rows = stack.status(settings)
@@ -33,11 +33,18 @@ def run_main_job(settings: Settings) -> int:
 
     print(f"\n== 2. a {MAIN_JOB_MEMORIES}-memory chitchat batch through the API")
     print("live rollout flags (change with `toolkit rollout on --percent 100`):")
-    rollout_command(build_parser().parse_args(["rollout", "status"]), settings)
-    args = build_parser().parse_args(
-        ["submit", "--memories", str(MAIN_JOB_MEMORIES), "--wait", "--timeout", "600"]
+    rollout_command(argparse.Namespace(action="status", percent=None, user=None), settings)
+    submitted = submit_command(
+        argparse.Namespace(
+            memories=MAIN_JOB_MEMORIES,
+            workload="chitchat",
+            wait=True,
+            timeout=600.0,
+            idempotency_key=None,
+            webhook_url=None,
+        ),
+        settings,
     )
-    submitted = submit_command(args, settings)
 
     print("\n== 3. both paths against the direct-write baseline (same run, chitchat workload)")
     asyncio.run(run_bench(settings, sizes=BENCH_SIZES, workload="chitchat"))
