@@ -35,14 +35,9 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter, calculate_re
 
 from toolkit import load_record as record
 from toolkit.parse import ParseClient
+from toolkit.rollout import FLAGS_TTL_S, RolloutFlags, read_flags, write_flags
 from toolkit.settings import Settings, load_settings
-
-try:
-    from toolkit.rollout import FLAGS_TTL_S, RolloutFlags, read_flags, write_flags
-    from toolkit.users import ParseUser, log_in_or_sign_up
-except ImportError:  # TEMPORARY: until the lead's "Public surface" move lands on main
-    from toolkit.api.rollout import FLAGS_TTL_S, RolloutFlags, read_flags, write_flags
-    from toolkit.testing.users import ParseUser, log_in_or_sign_up
+from toolkit.users import ParseUser, log_in_or_sign_up
 from toolkit.webhooks import SIGNATURE_HEADER, verify_signature
 from toolkit.workloads import WORKLOADS, make_memories
 

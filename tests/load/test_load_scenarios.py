@@ -21,13 +21,9 @@ from toolkit import load_record, load_report
 from toolkit.parse import ParseClient
 from toolkit.parse.codec import encode_memories
 from toolkit.parse.models import MemoryItem
+from toolkit.rollout import read_flags
 from toolkit.settings import REPO_ROOT, Settings
 from toolkit.workloads import synthetic_memories
-
-try:
-    from toolkit.rollout import read_flags
-except ImportError:  # TEMPORARY: until the lead's "Public surface" move lands on main
-    from toolkit.api.rollout import read_flags
 
 pytestmark = pytest.mark.stack
 
