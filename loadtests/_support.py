@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter, calculate_response_time_percentile
 
 from toolkit import load_record as record
+from toolkit.metrics import collect_batches
 from toolkit.parse import ParseClient
 from toolkit.rollout import FLAGS_TTL_S, RolloutFlags, read_flags, write_flags
 from toolkit.settings import Settings, load_settings
@@ -50,6 +51,8 @@ SUBMIT_NAME = "/v1/memory/batch"
 POLL_FIRST_S, POLL_MAX_S = 0.25, 2.0  # polling backs off to 2 s: the JOB time is at most ~2 s late
 WEBHOOK_GRACE_S = 30.0  # a delivery later than this after completion is "late"
 BATCH_MESSAGE = "batch_record"  # worker -> master: one finished batch
+SERVER_VIEW_TIMEOUT_S = 120.0
+START_BARRIER_S = 120.0  # the longest a logged-in user waits for the others before its first batch
 
 
 # ---- options -------------------------------------------------------------------------------------------
@@ -291,6 +294,7 @@ class BatchJobs:
         # Same names every run, so reruns reuse the accounts and keep their canary buckets.
         password = _derived_password(state.settings, username)
         self.parse_user: ParseUser = run_async(lambda: _log_in(state.settings, username, password))
+        state.logged_in += 1
         self.done = 0
         self._last_start: float | None = None
 
@@ -308,10 +312,18 @@ class BatchJobs:
     def run_one(self) -> None:
         if not self.wants_more():
             return
+        if self.done == 0:
+            self._wait_for_the_others()
         self._last_start = time.monotonic()
         self.done += 1
         row = self._run_batch()
         self.state.report(self.user.environment, row)
+
+    def _wait_for_the_others(self) -> None:
+        """ "All at once" means after every user of this process has logged in (log-ins take turns)."""
+        runner, deadline = self.user.environment.runner, time.monotonic() + START_BARRIER_S
+        while self.state.logged_in < runner.target_user_count and time.monotonic() < deadline:
+            gevent.sleep(0.05)
 
     def _run_batch(self) -> dict[str, Any]:
         plan, client = self.plan, self.user.client
@@ -436,6 +448,7 @@ class RunState:
         self.settings = load_settings()
         self.plan = Plan.resolve(options, scenarios, options.num_users, self.settings)
         self.receiver: WebhookReceiver | None = None
+        self.logged_in = 0  # users of this process that have logged in
         self.is_recorder = not isinstance(environment.runner, WorkerRunner)
         self.finished: list[tuple[float, dict[str, Any]]] = []  # (monotonic arrival, row)
         self.started_mono = time.monotonic()
@@ -537,6 +550,22 @@ class RunState:
             self.dir / "storage.json",
             {"before": self.storage_before.as_dict(), "after": after.as_dict()},
         )
+        self._write_server_view()
+
+    def _write_server_view(self) -> None:
+        """``batches_server.csv``: this run's batches as Parse and Temporal saw them (toolkit.metrics)."""
+        ids = {row["batch_id"] for _, row in self.finished if row.get("batch_id")}
+        if not ids:
+            return
+        since = datetime.fromisoformat(self.run_info["started_at"]) - timedelta(seconds=5)
+        try:
+            frame = run_async(
+                lambda: asyncio.wait_for(collect_batches(self.settings, since), SERVER_VIEW_TIMEOUT_S)
+            )
+        except Exception as exc:  # the record stays useful without it; say why it is missing
+            self.run_info["server_view_error"] = f"{type(exc).__name__}: {exc}"
+            return
+        frame[frame["batch_id"].isin(ids)].to_csv(self.dir / "batches_server.csv", index=False)
 
     def _restore_flags(self) -> None:
         if self._restored or self._flags_before is None:

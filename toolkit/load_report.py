@@ -26,6 +26,7 @@ LARGE_MAX_MB = 500.0
 # A part "grows" when a straight line through its RSS after warm-up rises faster than this. Garbage
 # collectors move RSS by a few MB back and forth; a leak of 10 MB per hour is already worth a look.
 LEAK_MB_PER_H = 10.0
+LEAK_MIN_SPAN_S = 600.0  # growth is judged over ten minutes or more (the sustained scenario runs an hour)
 WARMUP_FRACTION = 0.1  # the first 10% of a run (imports, caches, pools filling) is not judged for growth
 
 
@@ -44,6 +45,7 @@ class LoadRun:
     storage: dict[str, Any]
     flags: dict[str, Any]
     steps: pd.DataFrame  # steps.csv (stress only; empty otherwise)
+    server: pd.DataFrame  # batches_server.csv: toolkit.metrics.collect_batches rows of this run's batches
 
     @property
     def scenario(self) -> str:
@@ -111,6 +113,7 @@ def load_run(path: Path) -> LoadRun:
         storage=_json(path / "storage.json"),
         flags=_json(path / "flags.json"),
         steps=_csv(path / "steps.csv"),
+        server=_csv(path / "batches_server.csv"),
     )
 
 
@@ -162,6 +165,38 @@ def throughput(run: LoadRun, bin_s: float = 60.0) -> pd.DataFrame:
     return out[columns]
 
 
+def server_summary(run: LoadRun) -> pd.DataFrame:
+    """Per path, what Parse and Temporal recorded: workflow input and history size, processing time."""
+    columns = [
+        "storage",
+        "batches",
+        "input_bytes",
+        "history_bytes_median",
+        "history_bytes_max",
+        "history_events_median",
+        "processing_p50_s",
+        "processing_p95_s",
+    ]
+    if run.server.empty:
+        return pd.DataFrame(columns=columns)
+    out = []
+    for storage, rows in run.server.groupby("storage"):
+        processing = rows["processing_ms"].dropna() / 1000
+        out.append(
+            {
+                "storage": storage,
+                "batches": len(rows),
+                "input_bytes": rows["input_bytes"].median(),
+                "history_bytes_median": rows["history_bytes"].median(),
+                "history_bytes_max": rows["history_bytes"].max(),
+                "history_events_median": rows["history_events"].median(),
+                "processing_p50_s": round(float(processing.quantile(0.5)), 2) if len(processing) else None,
+                "processing_p95_s": round(float(processing.quantile(0.95)), 2) if len(processing) else None,
+            }
+        )
+    return pd.DataFrame(out, columns=columns)
+
+
 def failure_reasons(run: LoadRun) -> pd.DataFrame:
     """Failed batches counted by reason (the reason up to its first colon: the low-cardinality part)."""
     if run.batches.empty or run.batches["ok"].all():
@@ -174,10 +209,11 @@ def rss_summary(run: LoadRun, warmup_fraction: float = WARMUP_FRACTION) -> pd.Da
     """Per sampled part: peak RSS during the run, the process's lifetime peak, and the growth slope.
 
     The slope is a least-squares line through the RSS samples after the warm-up, in MB per hour; a part
-    leaks when it exceeds :data:`LEAK_MB_PER_H`. None when fewer than 3 samples remain.
+    leaks when it exceeds :data:`LEAK_MB_PER_H`. Judged (``leak`` not None) only over at least
+    :data:`LEAK_MIN_SPAN_S` and 3 samples: a minute's jitter extrapolated to an hour says nothing.
     """
     columns = ["part", "samples", "start_mb", "end_mb", "peak_rss_mb", "peak_hwm_mb", "slope_mb_per_h"]
-    columns.append("leak")
+    columns += ["growth_mb", "leak"]
     if run.rss.empty:
         return pd.DataFrame(columns=columns)
     duration = float(run.rss["elapsed_s"].max())
@@ -185,7 +221,8 @@ def rss_summary(run: LoadRun, warmup_fraction: float = WARMUP_FRACTION) -> pd.Da
     for part, rows in run.rss.groupby("part", sort=False):
         judged = rows[rows["elapsed_s"] >= duration * warmup_fraction]
         slope: float | None = None
-        if len(judged) >= 3 and judged["elapsed_s"].nunique() > 1:
+        span_s = float(judged["elapsed_s"].max() - judged["elapsed_s"].min()) if len(judged) else 0.0
+        if len(judged) >= 3 and span_s >= LEAK_MIN_SPAN_S:
             slope = float(np.polyfit(judged["elapsed_s"] / 3600.0, judged["rss_mb"], 1)[0])
         out.append(
             {
@@ -196,6 +233,7 @@ def rss_summary(run: LoadRun, warmup_fraction: float = WARMUP_FRACTION) -> pd.Da
                 "peak_rss_mb": round(float(rows["rss_mb"].max()), 1),
                 "peak_hwm_mb": round(float(rows["hwm_mb"].max()), 1),
                 "slope_mb_per_h": None if slope is None else round(slope, 2),
+                "growth_mb": None if slope is None else round(slope * span_s / 3600.0, 1),
                 "leak": None if slope is None else slope > LEAK_MB_PER_H,
             }
         )
@@ -262,7 +300,7 @@ def gates(run: LoadRun) -> pd.DataFrame:
         rows.append(every)
         for part in rss_summary(run).itertuples():
             slope = part.slope_mb_per_h
-            measured = "n/a (too few samples)" if slope is None else f"{slope:+.1f} MB/h"
+            measured = "n/a (under 10 min of samples)" if slope is None else f"{slope:+.1f} MB/h"
             rows.append(
                 _gate(f"{part.part} memory growth", f"< {LEAK_MB_PER_H:g} MB/h", measured, part.leak is False)
             )
@@ -284,7 +322,7 @@ def gates(run: LoadRun) -> pd.DataFrame:
 
 def verdicts(run: LoadRun) -> list[str]:
     """The run's outcome in sentences, for the notebook's last cell."""
-    lines = [f"Run {run.path.name}: {run.title}."]
+    lines = [f"Run {run.title}."]
     table = gates(run)
     if run.scenario == "stress":
         knee = stress_knee(run)
