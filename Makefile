@@ -35,8 +35,8 @@ test: install
 	env $(TEST_ENV) $(TOOLKIT) stack down; exit $$status
 
 lint: install
-	$(VENV)/bin/ruff check toolkit tests
-	$(VENV)/bin/ruff format --check toolkit tests
+	$(VENV)/bin/ruff check toolkit tests $(wildcard loadtests)
+	$(VENV)/bin/ruff format --check toolkit tests $(wildcard loadtests)
 
 stack-up: install
 	$(TOOLKIT) stack up

@@ -18,6 +18,7 @@ import json
 import logging
 import secrets
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -320,7 +321,7 @@ class BatchJobs:
         self.state.report(self.user.environment, row)
 
     def _wait_for_the_others(self) -> None:
-        """ "All at once" means after every user of this process has logged in (log-ins take turns)."""
+        """Start together: the first batch waits until every user of this process has logged in."""
         runner, deadline = self.user.environment.runner, time.monotonic() + START_BARRIER_S
         while self.state.logged_in < runner.target_user_count and time.monotonic() < deadline:
             gevent.sleep(0.05)
@@ -434,8 +435,8 @@ async def _log_in(settings: Settings, username: str, password: str) -> ParseUser
 @dataclass
 class StressStep:
     index: int = 0
-    requested: bool = False  # its user count was handed to Locust (whose start() blocks until spawned)
-    started: float | None = None  # monotonic, from the first tick after its users were all running
+    requested: bool = False  # its user count was handed to Locust
+    started: float | None = None  # monotonic, once its users were all running
 
 
 class RunState:
@@ -466,6 +467,9 @@ class RunState:
         if self.is_recorder:
             self._open_record(options)
             environment.runner.register_message(BATCH_MESSAGE, self._on_batch)
+            # Headless Locust installs its own SIGTERM handler only after a shape has finished; until
+            # then SIGTERM would kill the run with the flags still set. Stop it the orderly way instead.
+            gevent.signal_handler(signal.SIGTERM, self._on_sigterm)
 
     # -- every process ------------------------------------------------------------------------------
     def on_test_start(self) -> None:
@@ -567,6 +571,10 @@ class RunState:
             return
         frame[frame["batch_id"].isin(ids)].to_csv(self.dir / "batches_server.csv", index=False)
 
+    def _on_sigterm(self) -> None:
+        logging.getLogger(__name__).warning("SIGTERM: stopping the run, putting the flags back")
+        self.environment.runner.quit()
+
     def _restore_flags(self) -> None:
         if self._restored or self._flags_before is None:
             return
@@ -614,7 +622,9 @@ class RunState:
             step.requested = True
             return users, float(users)
         if step.started is None:
-            step.started = now  # Locust's start() for this step has returned: its users all run
+            if not self._all_running(users):
+                return users, float(users)
+            step.started = now  # the step's clock starts once its users are spawned and logged in
         if now - step.started < plan.step_s:
             return users, float(users)
         verdict = self._judge_step(step.index + 1, users, step.started, now)
@@ -626,6 +636,12 @@ class RunState:
         self.stress = StressStep(index=step.index + 1, requested=True)
         following = plan.stress_steps[step.index + 1]
         return following, float(following)
+
+    def _all_running(self, users: int) -> bool:
+        runner = self.environment.runner
+        # A master does not see its workers' log-ins; their users wait for each other (BatchJobs).
+        logged_in = isinstance(runner, MasterRunner) or self.logged_in >= users
+        return runner.user_count >= users and logged_in
 
     def _judge_step(self, number: int, users: int, start: float, end: float) -> dict[str, Any]:
         plan = self.plan
