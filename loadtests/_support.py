@@ -530,7 +530,7 @@ class RunState:
             gevent.sleep(FLAGS_TTL_S + 0.5)  # every API process re-reads the flags within this
         self.flags["in_force"] = asdict(run_async(lambda: _read_flags(self.settings)))
         record.write_json(self.dir / "flags.json", self.flags)
-        self.rss = record.RssLog(self.dir / "rss.csv", record.stack_pids(self.settings.stack_dir), started)
+        self.rss = record.RssLog(self.dir / "rss.csv", record.sampled_pids(self.settings.stack_dir), started)
         self.run_info["rss_pids"] = self.rss.pids
         interval = 10.0 if self.plan.scenario == "sustained" else 2.0
         self._greenlets.append(gevent.spawn(self._sample_rss, interval))

@@ -29,7 +29,7 @@ from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import FINISHED_STATUSES, BatchError, BatchMemoryRequest, MemoryItem
 from toolkit.settings import Settings
-from toolkit.webhooks import completion_payload, deliver_webhook
+from toolkit.webhooks import EVENT_BATCH_COMPLETED, completion_payload, deliver_webhook, delivery_id
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,18 @@ class BatchActivities:
         if resume:
             log.info("batch %s: attempt %d resumes at memory %d", request.batch_id, info.attempt, resume.next)
         started_at = request.started_at or _now()
+        marking: asyncio.Task[None] | None = None
         if request.status != "processing" or request.started_at is None:
-            await store.update_batch_request_status(
-                self.parse, reference.request_id, "processing", extra={"startedAt": started_at}
+            # The run id too: the API stores workflowId at create and leaves the run id to this write.
+            # Off the critical path: memories are written while Parse records the start; it is awaited
+            # before the completion write, so the status can never fall back to "processing".
+            marking = asyncio.create_task(
+                store.update_batch_request_status(
+                    self.parse,
+                    reference.request_id,
+                    "processing",
+                    extra={"startedAt": started_at, "workflowRunId": info.workflow_run_id},
+                )
             )
 
         progress = _Progress(start, total)
@@ -161,7 +170,8 @@ class BatchActivities:
             )
             progress.record(outcomes)
             activity.heartbeat(progress.checkpoint.as_details())
-            if progress.report_due():
+            # Once every memory is done the completion write carries the counters: one write, not two.
+            if progress.report_due() and progress.processed < total:
                 await self._write_progress(reference.request_id, progress)
 
         try:
@@ -169,6 +179,8 @@ class BatchActivities:
             await self.writer.write(context, items, on_chunk_done=on_chunk_done)
         finally:
             heartbeat_task.cancel()
+            if marking is not None:
+                await marking  # never left running past this attempt
         activity.heartbeat(progress.checkpoint.as_details())
 
         status = final_status(total, progress.failed)
@@ -185,7 +197,14 @@ class BatchActivities:
         )
         if self.settings.cleanup_policy == "on_completion":
             await store.delete_batch_file(self.parse, reference.request_id)
-        return BatchSummary(request.batch_id, status, total, progress.ok, progress.failed)
+        return BatchSummary(
+            request.batch_id,
+            status,
+            total,
+            progress.ok,
+            progress.failed,
+            webhook_configured=bool(request.webhook_url),
+        )
 
     async def _heartbeat_loop(self, progress: _Progress) -> None:
         # Keeps the activity alive while a slow chunk is in flight (no chunk, no heartbeat otherwise).
@@ -224,6 +243,7 @@ class BatchActivities:
             request.success_count or 0,
             request.fail_count or 0,
             bool(request.webhook_sent),
+            webhook_configured=bool(request.webhook_url),
         )
 
     # ---- both paths ----------------------------------------------------------------------------------
@@ -254,6 +274,8 @@ class BatchActivities:
             max_attempts=self.settings.webhook_max_attempts,
             backoff_s=self.settings.webhook_backoff_s,
             timeout_s=self.settings.webhook_timeout_s,
+            # The same id on a resend after this activity fails (at least once): receivers dedupe.
+            delivery_id=delivery_id(request.batch_id, EVENT_BATCH_COMPLETED),
         )
         if result.delivered:
             await store.mark_webhook_sent(self.parse, reference.request_id)

@@ -27,6 +27,10 @@ class BatchSummary:
     successful: int
     failed: int
     webhook_sent: bool = False
+    # Whether the request names a webhook_url. The workflow skips the webhook activity when it does
+    # not (one activity and one workflow task less). True by default: a result recorded before this
+    # field existed replays as "configured", exactly as those runs behaved.
+    webhook_configured: bool = True
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,16 @@ ceiling for this machine. Every figure is printed beside its ratio to that basel
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import httpx
 from temporalio.client import Client
 
+from toolkit import procstats
 from toolkit.history import measure_history
 from toolkit.memory_writer import MemoryWriter, WriteContext
 from toolkit.parse import ParseClient
@@ -23,6 +26,10 @@ from toolkit.starter import store_and_start
 from toolkit.temporal_client import connect
 from toolkit.users import ParseUser, sign_up
 from toolkit.workloads import make_memories
+
+DEFAULT_SIZES = (10, 100, 1000)
+# 100,000 needs chunked batches (MAX_BATCH_MEMORIES) on the stack; the sizes between are accepted as given.
+MAX_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,9 @@ class BenchRow:
     raw_bytes: int | None = None
     compressed_bytes: int | None = None
     error: str | None = None  # the path could not carry this batch (e.g. a Temporal limit)
+    workers: int | None = None  # worker processes of the stack (pid files) during the row
+    worker_peak_rss_mb: float | None = None  # highest VmHWM of those workers over this row
+    api_peak_rss_mb: float | None = None  # the stack API's VmHWM over this row
 
 
 async def _baseline(
@@ -53,27 +63,66 @@ async def _baseline(
     return time.perf_counter() - started, sum(1 for o in outcomes if o.ok)
 
 
+class _PeakWindow:
+    """Peak RSS of the stack's API and workers over one row (the kernel's VmHWM, reset per row)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.pids = procstats.stack_pids(settings.stack_dir)
+        self.workers = sorted(pid for part, pid in self.pids.items() if part.startswith("worker"))
+        self.api = self.pids.get("api")
+        # Where the reset is refused, the figure is the process's lifetime peak (still an upper bound).
+        for pid in [*self.workers, *([self.api] if self.api else [])]:
+            procstats.reset_peak_rss(pid)
+
+    def apply(self, row: BenchRow) -> BenchRow:
+        def mb(pid: int | None) -> float | None:
+            kb = procstats.peak_rss_kb(pid) if pid else None
+            return round(kb / 1024, 1) if kb else None
+
+        peaks = [p for p in (mb(pid) for pid in self.workers) if p is not None]
+        return dataclasses.replace(
+            row,
+            workers=len(self.workers),
+            worker_peak_rss_mb=max(peaks) if peaks else None,
+            api_peak_rss_mb=mb(self.api),
+        )
+
+
 async def run_bench(
     settings: Settings,
     *,
-    sizes: Sequence[int] = (10, 100, 1000),
+    sizes: Sequence[int] = DEFAULT_SIZES,
     workload: str = "chitchat",
     paths: Sequence[str] = ("reference", "legacy"),
     echo=print,
+    fixed_cost_runs: int = 0,
+    fixed_cost_echo=None,
     **workload_options: int,
 ) -> list[BenchRow]:
-    """Run the baseline and each path for each size, on the stack's worker(s); return the rows."""
+    """Run the baseline and each path for each size, on the stack's worker(s); return the rows.
+
+    Sizes up to :data:`MAX_SIZE` (10,000 and 100,000 included; the defaults stay quick). Each row
+    carries the stack's worker count and the peak RSS of its workers and API during that row. With
+    ``fixed_cost_runs`` the 10-memory fixed cost is measured through the API first and its
+    breakdown printed (``fixed_cost_echo`` gets the summary rows; see :mod:`toolkit.fixed_cost`).
+    """
+    for size in sizes:
+        if not 1 <= size <= MAX_SIZE:
+            raise ValueError(f"bench sizes must be 1..{MAX_SIZE:,}, got {size:,}")
     temporal = await connect(settings)
     rows: list[BenchRow] = []
     async with ParseClient(settings) as parse:
         user = await sign_up(parse)
+        if fixed_cost_runs > 0:
+            await _fixed_cost(settings, user, temporal, fixed_cost_runs, echo, fixed_cost_echo)
         for size in sizes:
+            window = _PeakWindow(settings)
             memories = make_memories(workload, size, **workload_options)
             encoded = encode_memories(memories, level=settings.gzip_level)
             seconds, ok = await _baseline(parse, settings, user, memories)
             base_rate = size / seconds
             rows.append(
-                BenchRow(
+                BenchRow(  # the baseline row's peaks: the stack idles while this process writes
                     workload,
                     size,
                     "baseline",
@@ -85,8 +134,10 @@ async def run_bench(
                     compressed_bytes=encoded.compressed_size,
                 )
             )
+            rows[-1] = window.apply(rows[-1])
             echo(_format(rows[-1]))
             for path in paths:
+                window = _PeakWindow(settings)
                 try:
                     row = await _run_path(
                         temporal, parse, settings, user, workload, memories, path, base_rate, encoded
@@ -102,9 +153,28 @@ async def run_bench(
                         0.0,
                         error=f"{type(exc).__name__}: {str(exc)[:200]}",
                     )
-                rows.append(row)
+                rows.append(window.apply(row))
                 echo(_format(rows[-1]))
     return rows
+
+
+async def _fixed_cost(
+    settings: Settings, user: ParseUser, temporal: Client, runs: int, echo, summary_echo
+) -> None:
+    from toolkit import fixed_cost
+
+    try:
+        measured = await fixed_cost.measure_fixed_cost(
+            settings, user.session_token, runs=runs, temporal=temporal
+        )
+    except (fixed_cost.FixedCostError, OSError, httpx.HTTPError) as exc:
+        echo(f"fixed cost not measured: {type(exc).__name__}: {str(exc)[:300]}")
+        return
+    summary = fixed_cost.summarize(measured)
+    for line in fixed_cost.format_summary(summary):
+        echo(line)
+    if summary_echo is not None:
+        summary_echo(summary)
 
 
 async def _run_path(
@@ -149,7 +219,13 @@ def _format(row: BenchRow) -> str:
         f"history {row.history_bytes:>9,} B {row.history_events:>5} ev" if row.history_bytes else " " * 29
     )
     size = f"input {row.input_bytes:>9,} B" if row.input_bytes is not None else " " * 17
+    rss = (
+        f"  {row.workers}w rss worker {row.worker_peak_rss_mb or 0:>6.0f} MB"
+        f" api {row.api_peak_rss_mb or 0:>5.0f} MB"
+        if row.workers is not None
+        else ""
+    )
     return (
         f"{row.workload:<9} {row.memories:>6} {row.path:<9} {row.memories_per_s:>8.0f} mem/s "
-        f"{row.vs_baseline:>5.2f}x baseline  ok {row.success_rate:>6.1%}  {size}  {history}"
+        f"{row.vs_baseline:>5.2f}x baseline  ok {row.success_rate:>6.1%}  {size}  {history}{rss}"
     )

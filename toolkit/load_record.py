@@ -8,7 +8,7 @@ A run directory ``reports/load/<scenario>-<UTC timestamp>/`` holds:
 - ``locust_stats.csv``, ``locust_stats_history.csv``, ``locust_failures.csv``, ``locust_exceptions.csv``,
   ``report.html``: Locust's own output;
 - ``batches.csv``: one row per batch, as the simulated user saw it (:data:`BATCH_COLUMNS`);
-- ``rss.csv``: resident memory of the stack's worker, API and Parse, sampled through the run;
+- ``rss.csv``: resident memory and CPU seconds of the stack's workers, API and Parse, through the run;
 - ``storage.json``: the Parse storage used by batch files before and after the run;
 - ``flags.json``: the rollout flags before, during and after the run;
 - ``run.json``: the scenario, its resolved options, start and end time, the machine;
@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from toolkit import procstats
 from toolkit.parse import ParseClient
 from toolkit.parse.cleanup import local_files_dir
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
@@ -55,7 +56,7 @@ BATCH_COLUMNS = (
     "webhook_delay_ms",  # completedAt to delivery
     "error",  # why the batch counts as failed, "" when it succeeded
 )
-RSS_COLUMNS = ("elapsed_s", "utc", "part", "pid", "rss_mb", "hwm_mb")
+RSS_COLUMNS = ("elapsed_s", "utc", "part", "pid", "rss_mb", "hwm_mb", "cpu_s")
 STEP_COLUMNS = (
     "step",
     "users",
@@ -126,62 +127,26 @@ class CsvLog:
 # ---- process memory ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ProcessMemory:
-    part: str
-    pid: int
-    rss_bytes: int  # VmRSS: resident now
-    hwm_bytes: int  # VmHWM: the process's peak resident size so far
-
-
-def read_process_memory(pid: int) -> tuple[int, int] | None:
-    """``(VmRSS, VmHWM)`` in bytes from ``/proc/<pid>/status``; None when the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    values: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) * 1024  # the kernel reports kB
-    if "VmRSS" not in values:
-        return None  # a zombie has no memory lines
-    return values["VmRSS"], values.get("VmHWM", values["VmRSS"])
-
-
-def stack_pids(stack_dir: Path, parts: Iterable[str] = SAMPLED_PARTS) -> dict[str, int]:
-    """The pids of the stack's parts, from ``<stack dir>/pids/<part>.pid`` (a missing one is left out)."""
-    pids: dict[str, int] = {}
-    for part in parts:
-        try:
-            pids[part] = int((stack_dir / "pids" / f"{part}.pid").read_text().strip())
-        except (FileNotFoundError, ValueError):
-            continue
-    return pids
-
-
-def sample_memory(pids: Mapping[str, int]) -> list[ProcessMemory]:
-    """One reading per live process."""
-    samples = []
-    for part, pid in pids.items():
-        reading = read_process_memory(pid)
-        if reading is not None:
-            samples.append(ProcessMemory(part, pid, *reading))
-    return samples
+def sampled_pids(stack_dir: Path) -> dict[str, int]:
+    """The live parts a run samples (every ``worker*``, the API and Parse), from the stack's pid files."""
+    return {
+        part: pid
+        for part, pid in procstats.stack_pids(stack_dir).items()
+        if part in SAMPLED_PARTS or part.startswith("worker")
+    }
 
 
 class RssLog:
-    """``rss.csv``: one row per part per sample, with the seconds since the run started."""
+    """``rss.csv``: a row per part per sample (toolkit.procstats), with the seconds since the run started."""
 
     def __init__(self, path: Path, pids: Mapping[str, int], started: datetime) -> None:
         self.pids = dict(pids)
         self.started = started
         self._log = CsvLog(path, RSS_COLUMNS)
 
-    def sample(self, now: datetime | None = None) -> list[ProcessMemory]:
+    def sample(self, now: datetime | None = None) -> list[procstats.ProcSample]:
         now = now or datetime.now(UTC)
-        samples = sample_memory(self.pids)
+        samples = procstats.sample(self.pids)
         for s in samples:
             self._log.write(
                 {
@@ -189,8 +154,9 @@ class RssLog:
                     "utc": now.isoformat(),
                     "part": s.part,
                     "pid": s.pid,
-                    "rss_mb": round(s.rss_bytes / 2**20, 3),
-                    "hwm_mb": round(s.hwm_bytes / 2**20, 3),
+                    "rss_mb": round(s.rss_kb / 1024, 3),
+                    "hwm_mb": round(s.peak_rss_kb / 1024, 3),
+                    "cpu_s": round(s.cpu_s, 2),
                 }
             )
         return samples

@@ -287,7 +287,7 @@ def gates(run: LoadRun) -> pd.DataFrame:
         rows.append(every)
         rows.append(_gate("end-to-end", f"< {LARGE_MAX_S:g} s", f"{longest:.1f} s", longest < LARGE_MAX_S))
         for part in rss_summary(run).itertuples():
-            if part.part in ("worker", "api"):
+            if part.part == "api" or part.part.startswith("worker"):
                 rows.append(
                     _gate(
                         f"{part.part} peak RSS",

@@ -103,6 +103,12 @@ class Settings:
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 10.0
     worker_max_concurrent_activities: int = 50
+    # How long the API waits for Temporal to start a workflow before it asks whether the start landed.
+    api_start_timeout_s: float = 15.0
+    # Abuse limit: batches one user may have pending or processing at once (0 = no limit).
+    max_batches_in_flight: int = 20
+    # Where a worker serves Temporal SDK metrics for Prometheus (0 = off; `toolkit stack up` picks one).
+    worker_metrics_port: int = 0
 
     # Where load runs are recorded (loadtests/locustfile.py writes, notebook 06 reads).
     load_report_root: Path = REPO_ROOT / "reports" / "load"
@@ -141,6 +147,7 @@ class Settings:
             "TEMPORAL_TASK_QUEUE": self.temporal_task_queue,
             "TEMPORAL_UI_URL": self.temporal_ui,
             "WEBHOOK_ALLOW_PRIVATE": "1" if self.webhook_allow_private else "0",
+            "WORKER_METRICS_PORT": str(self.worker_metrics_port),
         }
 
 

@@ -20,6 +20,7 @@ from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import MemoryItem
 from toolkit.settings import Settings
+from toolkit.timing import span
 from toolkit.users import ParseUser
 from toolkit.workflows import LEGACY_WORKFLOW, NEW_WORKFLOW
 
@@ -29,18 +30,31 @@ def workflow_id_for(batch_id: str) -> str:
 
 
 async def start_batch_workflow_with_reference(
-    temporal: Client, parse: ParseClient, settings: Settings, *, request_id: str, batch_id: str
+    temporal: Client,
+    parse: ParseClient,
+    settings: Settings,
+    *,
+    request_id: str,
+    batch_id: str,
+    record: bool = True,
 ) -> str:
-    """Start the new path with only ``{"request_id", "batch_id"}`` as input; record the ids on the request."""
-    handle = await temporal.start_workflow(
-        NEW_WORKFLOW,
-        BatchReference(request_id=request_id, batch_id=batch_id),
-        id=workflow_id_for(batch_id),
-        task_queue=settings.temporal_task_queue,
-        # One batch, one workflow: a repeated start for the same batch is refused by the server.
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-    )
-    await store.record_workflow(parse, request_id, handle.id, handle.result_run_id or "")
+    """Start the new path with only ``{"request_id", "batch_id"}`` as input; record the ids on the request.
+
+    ``record=False`` when the request was created with its ``workflowId`` already (the id is derived
+    from the batch id): the worker then records the run id with its first write, and the submit
+    saves a Parse round trip.
+    """
+    with span("temporal.start"):
+        handle = await temporal.start_workflow(
+            NEW_WORKFLOW,
+            BatchReference(request_id=request_id, batch_id=batch_id),
+            id=workflow_id_for(batch_id),
+            task_queue=settings.temporal_task_queue,
+            # One batch, one workflow: a repeated start for the same batch is refused by the server.
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
+    if record:
+        await store.record_workflow(parse, request_id, handle.id, handle.result_run_id or "")
     return handle.id
 
 

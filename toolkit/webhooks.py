@@ -6,6 +6,9 @@ Independent of Temporal and Parse on purpose: the activity that calls `deliver_w
 Signature scheme (design §4.5): `X-Batch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
 "<t>." + raw body bytes)>`. The timestamp is inside the MAC so a captured request cannot be replayed
 later with a new timestamp, and the MAC covers the exact bytes on the wire, never a re-serialisation.
+
+Delivery is at least once: `X-Batch-Delivery-Id` names the event (derived from batch id and event), so
+every attempt and every resend of one event carries the same id and receivers can drop repeats.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import httpx
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Batch-Signature"
+DELIVERY_ID_HEADER = "X-Batch-Delivery-Id"
 USER_AGENT = "batch-memory-toolkit"
 EVENT_BATCH_COMPLETED = "batch.completed"
 # The final statuses of the one status vocabulary (design §4.2); a completion event carries one of them.
@@ -97,6 +101,17 @@ def completion_payload(
     }
 
 
+def delivery_id(batch_id: str, event: str = EVENT_BATCH_COMPLETED) -> str:
+    """The `X-Batch-Delivery-Id` of ``event`` for ``batch_id``: the same on every attempt and resend.
+
+    ``whd_`` plus 32 hex digits of sha256(``"<batch_id>:<event>"``). Derived, not random, so a delivery
+    repeated by a retried activity (or after a worker crash) is recognisably the same one.
+    """
+    if not batch_id or not event:
+        raise ValueError("batch_id and event must be non-empty")
+    return "whd_" + hashlib.sha256(f"{batch_id}:{event}".encode()).hexdigest()[:32]
+
+
 def encode_body(payload: dict[str, Any]) -> bytes:
     """Compact, ASCII-only, strict JSON: the same payload always gives the same bytes."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
@@ -151,6 +166,14 @@ def verify_signature(
     False (never an exception) for a malformed header, a wrong MAC, or a timestamp more than
     `tolerance_s` seconds away from `now` (replay protection). Any one matching `v1=` entry is enough,
     so a sender can sign with the old and the new secret while a secret is being rotated.
+
+    Deliveries are **at least once**: a delivery whose success could not be recorded (the worker died,
+    or Parse failed right after the receiver answered 2xx) is sent again, with a fresh signature
+    timestamp. Every attempt of one event carries the same `X-Batch-Delivery-Id` header (see
+    :func:`delivery_id`), so a receiver processes an event once by remembering the ids it has handled
+    and answering 2xx to a repeat without acting on it. The id is not covered by the MAC; a receiver
+    that wants a signed key can derive the same id from the signed body: ``delivery_id(body["batch_id"],
+    body["event"])``.
     """
     if not isinstance(secret, str) or not secret or not isinstance(header, str):
         return False
@@ -342,11 +365,13 @@ async def deliver_webhook(
     max_backoff_s: float = 10.0,
     timeout_s: float = 10.0,
     transport: httpx.AsyncBaseTransport | None = None,
+    delivery_id: str | None = None,
 ) -> DeliveryResult:
     """POST `payload` to `url`, signed, with retries. Never raises for delivery failures: the result says.
 
     Retried: timeouts, connection errors, DNS failures, 408, 429 and 5xx. Final: any other status
     (redirects are not followed; a 4xx means the receiver rejected the request). Delivered only on 2xx.
+    ``delivery_id`` (see :func:`delivery_id`) is sent as `X-Batch-Delivery-Id` on every attempt.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -390,7 +415,7 @@ async def deliver_webhook(
                 error = f"cannot resolve {target.host!r}: {pinned}"
             else:
                 status_code, retry_after, error = await _attempt(
-                    client, target, pinned, body, secret, timeout_s, max_backoff_s
+                    client, target, pinned, body, secret, timeout_s, max_backoff_s, delivery_id
                 )
             log.info(
                 "webhook attempt %d/%d to %s: %s (%.0f ms)",
@@ -419,10 +444,13 @@ async def _attempt(
     secret: str | None,
     timeout_s: float,
     max_backoff_s: float,
+    delivery_id: str | None = None,
 ) -> tuple[int | None, float | None, str | None]:
     """One POST. Returns (status code or None, Retry-After seconds or None, error or None)."""
     url = target.url
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    if delivery_id:
+        headers[DELIVERY_ID_HEADER] = delivery_id
     extensions: dict[str, Any] = {}
     if pinned is not None:
         url, pin_headers, extensions = _pinned_request(target, pinned)

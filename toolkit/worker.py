@@ -12,7 +12,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from toolkit.activities import BatchActivities
 from toolkit.parse import ParseClient
@@ -21,6 +23,13 @@ from toolkit.temporal_client import connect
 from toolkit.workflows import ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow
 
 log = logging.getLogger(__name__)
+
+# The sandbox re-imports, for every new workflow run, each module it does not pass through. Our own
+# package holds no mutable module state and does no I/O at import (toolkit.workflows relies on that
+# already), so it is passed through whole: a new run then costs no re-import of it.
+SANDBOX_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("toolkit")
+)
 
 
 def build_worker(
@@ -32,6 +41,7 @@ def build_worker(
         task_queue=task_queue or settings.temporal_task_queue,
         workflows=[ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow],
         activities=activities.all(),
+        workflow_runner=SANDBOX_RUNNER,
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         # The SDK otherwise sends heartbeats only every 0.8 x heartbeat_timeout (16 s here), so a retry
         # would resume from a checkpoint that old. One a second keeps the resume point fresh.
@@ -39,7 +49,26 @@ def build_worker(
     )
 
 
+def install_metrics_runtime(settings: Settings) -> str | None:
+    """Export the Temporal SDK's metrics (task latencies, slots, polls, failures) for Prometheus.
+
+    With ``WORKER_METRICS_PORT`` set, the SDK's runtime serves them at
+    ``http://<BIND_HOST>:<port>/metrics``. It must become the default runtime before the client
+    connects: the client and every worker built on it report through the runtime they were made on.
+    Returns the metrics URL, or None when the port is 0 (off).
+    """
+    if settings.worker_metrics_port <= 0:
+        return None
+    bind = f"{settings.bind_host}:{settings.worker_metrics_port}"
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
+    Runtime.set_default(runtime, error_if_already_set=True)
+    return f"http://{bind}/metrics"
+
+
 async def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
+    metrics_url = install_metrics_runtime(settings)
+    if metrics_url:
+        log.info("worker metrics at %s", metrics_url)
     client = await connect(settings)
     async with ParseClient(settings) as parse:
         worker = build_worker(client, settings, parse)

@@ -112,6 +112,9 @@ class ProcessBatchMemoryFromRequestWorkflow:
         except ActivityError as error:
             await _fail_and_notify(reference, error)
             raise
+        if not summary.webhook_configured:
+            # Nothing to deliver: the activity read the request, so no extra activity asks again.
+            return summary
         return await _with_webhook(reference, summary)
 
 

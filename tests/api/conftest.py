@@ -24,6 +24,8 @@ from toolkit import rollout
 from toolkit.parse import ParseClient
 from toolkit.rollout import RolloutFlags
 from toolkit.settings import Settings
+from toolkit.stack._process import stop_pid
+from toolkit.stack.temporal import TemporalServer
 from toolkit.testing.ports import free_port
 
 STARTUP_TIMEOUT_S = 60.0
@@ -171,3 +173,17 @@ def local_user_settings(tmp_path: Path, unique: str) -> Callable[[Settings], Set
         return local
 
     return make
+
+
+@pytest.fixture
+def own_temporal(settings: Settings, tmp_path: Path) -> Iterator[TemporalServer]:
+    """A Temporal dev server of this test's own (SQLite file under tmp_path), so it can be stopped."""
+    server = TemporalServer(
+        dataclasses.replace(
+            settings, stack_dir=tmp_path / "stack", temporal_port=free_port(), temporal_ui_port=free_port()
+        )
+    )
+    server.start()
+    yield server
+    if (pid := server.pid()) is not None:
+        stop_pid(pid)

@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from toolkit import load_record, load_report
@@ -107,11 +108,18 @@ def test_latest_run_goes_by_the_timestamp_in_the_name(tmp_path: Path) -> None:
     assert load_report.latest_run(tmp_path, "concurrent") == again
 
 
-def test_process_memory_comes_from_proc(tmp_path: Path) -> None:
-    rss, hwm = load_record.read_process_memory(os.getpid()) or (0, 0)
-    assert 0 < rss <= hwm
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
-    assert load_record.read_process_memory(int(finished.stdout)) is None  # gone
+def test_rss_log_samples_the_stack_parts_from_their_pid_files(tmp_path: Path) -> None:
     (tmp_path / "pids").mkdir()
     (tmp_path / "pids" / "api.pid").write_text(f"{os.getpid()}\n")
-    assert load_record.stack_pids(tmp_path) == {"api": os.getpid()}  # worker/parse absent: left out
+    (tmp_path / "pids" / "worker-2.pid").write_text(f"{os.getpid()}\n")
+    (tmp_path / "pids" / "postgres.pid").write_text(f"{os.getpid()}\n")  # not a sampled part
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    (tmp_path / "pids" / "parse.pid").write_text(finished.stdout.decode())  # gone: left out
+    pids = load_record.sampled_pids(tmp_path)
+    assert pids == {"api": os.getpid(), "worker-2": os.getpid()}
+    log = load_record.RssLog(tmp_path / "rss.csv", pids, STARTED)
+    log.sample(STARTED + timedelta(seconds=2))
+    log.close()
+    rows = pd.read_csv(tmp_path / "rss.csv")
+    assert list(rows["part"]) == ["api", "worker-2"] and list(rows["elapsed_s"]) == [2.0, 2.0]
+    assert ((rows["rss_mb"] > 0) & (rows["rss_mb"] <= rows["hwm_mb"]) & (rows["cpu_s"] > 0)).all()

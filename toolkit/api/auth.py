@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from toolkit.parse import ParseClient
 from toolkit.parse.errors import ObjectNotFound, ParseError, ParseUnavailable, PermissionDenied
+
+log = logging.getLogger(__name__)
 
 # A revoked session keeps working for at most this long in each API process.
 SESSION_TTL_S = 30.0
@@ -121,11 +124,12 @@ class Authenticator:
         except (PermissionDenied, ObjectNotFound) as exc:
             raise InvalidSession("invalid or expired session token") from exc
         except ParseUnavailable as exc:
-            raise AuthUnavailable("cannot validate the session: Parse Server is unreachable") from exc
+            log.warning("session check: Parse Server unavailable: %s", exc)
+            raise AuthUnavailable("cannot validate the session right now; retry later") from exc
         except ParseError as exc:
-            raise AuthUnavailable(
-                f"cannot validate the session: unexpected answer from Parse ({exc})"
-            ) from exc
+            # Parse's own error text stays in the log: the answer names nothing internal.
+            log.warning("session check: unexpected answer from Parse: %s", exc)
+            raise AuthUnavailable("cannot validate the session right now; retry later") from exc
         user_id = me.get("objectId") if isinstance(me, dict) else None
         if not user_id:
             raise InvalidSession("invalid session token")

@@ -13,7 +13,7 @@ Idempotency: with an ``Idempotency-Key`` the batch id is derived from (user, key
 id ``batch-<batch_id>`` is too. Two concurrent identical submits may both store a request, but
 Temporal starts only one workflow for that id; the loser deletes its own request and answers with
 the winner's. Without a key the batch id is a random uuid4. Only a batch that was started (its
-``workflowId`` recorded, or its workflow known to Temporal) is replayed: one still being started is
+``workflowRunId`` recorded, or its workflow known to Temporal) is replayed: one still being started is
 a 409 "retry", and one whose API crashed before starting it (older than :data:`ORPHAN_AFTER_S`) is
 discarded with its file, and the submission starts afresh.
 
@@ -27,6 +27,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -36,17 +37,30 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from toolkit.api.auth import AuthenticatedUser, InvalidSession
 from toolkit.api.errors import (
+    START_UNCONFIRMED,
+    STORAGE_REFUSED,
+    STORAGE_UNAVAILABLE,
+    WORKFLOWS_REFUSED,
+    WORKFLOWS_UNAVAILABLE,
     ApiError,
     BatchNotFound,
     IdempotencyConflict,
     PayloadTooLarge,
     RequestInvalid,
     ServiceUnavailable,
+    TooManyRequests,
     UpstreamRefused,
 )
 from toolkit.api.legacy_limit import LegacyInputTooLarge, ensure_fits_legacy_input
 from toolkit.api.progress import status_from_request, storage_of
-from toolkit.api.schemas import BATCH_ID_PATTERN, BatchAccepted, BatchRequestIn, BatchStatusOut
+from toolkit.api.schemas import (
+    BATCH_ID_PATTERN,
+    BatchAccepted,
+    BatchErrorDetailOut,
+    BatchErrorsPage,
+    BatchRequestIn,
+    BatchStatusOut,
+)
 from toolkit.api.temporal import TEMPORAL_CONNECT_ERRORS, TemporalConnection, TemporalUnavailable
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
@@ -59,15 +73,26 @@ from toolkit.starter import start_batch_workflow_with_reference, start_legacy_ba
 
 log = logging.getLogger(__name__)
 
-# A start is one small RPC (the legacy one carries the batch): past this, Temporal is not answering.
+# A start is one small RPC (the legacy one carries the batch): past API_START_TIMEOUT_S (default
+# 15 s), Temporal is not answering.
 START_TIMEOUT_S = 15.0
 DESCRIBE_TIMEOUT_S = 3.0
 # An unstarted request older than this is an orphan (its API crashed): the start timeout, plus as
 # long again for the store that precedes it, so a start still in flight is never taken for one.
 ORPHAN_AFTER_S = 2 * START_TIMEOUT_S
+# After a start Temporal could not confirm: how often, and how long, the API asks again.
+SETTLE_EVERY_S = 1.0
+SETTLE_FOR_S = 600.0
+# _describe_run_id's answer when Temporal cannot be asked (distinct from None, "no such workflow").
+_UNKNOWN = object()
 # Orphans cleared per submission before giving up with 409 (each costs a delete).
 MAX_ORPHANS_CLEARED = 3
 STILL_STARTING = "a batch with this Idempotency-Key is still being started; retry"
+# Retry-After of a 429 for too many batches in flight: a small batch finishes in seconds.
+IN_FLIGHT_RETRY_AFTER_S = 10
+# Batch ids one Idempotency-Key may move through (each needs a discarded earlier submission).
+MAX_KEY_GENERATIONS = 5
+KEY_EXHAUSTED = "this Idempotency-Key was used by submissions that could not be started; retry with a new key"
 # Temporal answered these codes because it could not serve the call, not because the call was wrong.
 _OUTAGE_CODES = {
     RPCStatusCode.UNAVAILABLE,
@@ -78,14 +103,32 @@ _OUTAGE_CODES = {
 }
 
 
+async def _describe_run_id(temporal: Client, workflow_id: str) -> str | None | object:
+    """The run id of ``workflow_id``; None if Temporal does not know it; :data:`_UNKNOWN` if it cannot say."""
+    try:
+        description = await asyncio.wait_for(
+            temporal.get_workflow_handle(workflow_id).describe(), DESCRIBE_TIMEOUT_S
+        )
+    except RPCError as exc:
+        return None if exc.status == RPCStatusCode.NOT_FOUND else _UNKNOWN
+    except (RuntimeError, OSError, TimeoutError):
+        return _UNKNOWN
+    return description.run_id
+
+
 def status_url(batch_id: str) -> str:
     # Relative: right behind any proxy, and identical when an idempotent answer is replayed.
     return f"/v1/batch/{batch_id}/status"
 
 
-def idempotent_batch_id(user_id: str, key: str) -> str:
-    """The batch id of (user, key): 32 hex digits, like a uuid4 hex, but the same on every retry."""
-    return hashlib.sha256(f"idempotency:{user_id}:{key}".encode()).hexdigest()[:32]
+def idempotent_batch_id(user_id: str, key: str, generation: int = 0) -> str:
+    """The batch id of (user, key): 32 hex digits, like a uuid4 hex, but the same on every retry.
+
+    ``generation`` > 0 gives the key's next ids, used only when an earlier submission with the key
+    was discarded after its workflow id was taken (Temporal never lets a workflow id be reused).
+    """
+    suffix = f":{generation}" if generation else ""
+    return hashlib.sha256(f"idempotency:{user_id}:{key}{suffix}".encode()).hexdigest()[:32]
 
 
 def accepted_from_request(request: BatchMemoryRequest) -> BatchAccepted:
@@ -101,21 +144,22 @@ def accepted_from_request(request: BatchMemoryRequest) -> BatchAccepted:
 
 
 def _unavailable_parse(exc: ParseError) -> ApiError:
+    # The detail (Parse's URL, its error text) is for the operator's log, never for the client.
     if isinstance(exc, ParseUnavailable):
-        return ServiceUnavailable(f"Parse Server is unreachable: {exc}")
-    return UpstreamRefused(f"Parse Server refused the request: {exc}")
+        log.warning("Parse Server unavailable: %s", exc)
+        return ServiceUnavailable(STORAGE_UNAVAILABLE)
+    log.warning("Parse Server refused a request: %s", exc)
+    return UpstreamRefused(STORAGE_REFUSED)
 
 
 def _start_failure(exc: BaseException, settings: Settings) -> ApiError:
     if isinstance(exc, ParseError):
         return _unavailable_parse(exc)
     if isinstance(exc, RPCError) and exc.status not in _OUTAGE_CODES:
-        return UpstreamRefused(f"Temporal refused to start the workflow ({exc.status.name}): {exc.message}")
-    if isinstance(exc, TimeoutError):
-        return ServiceUnavailable(
-            f"Temporal at {settings.temporal_target} did not answer within {START_TIMEOUT_S:g} s"
-        )
-    return ServiceUnavailable(f"Temporal at {settings.temporal_target} is unreachable: {exc}")
+        log.warning("Temporal at %s refused a call (%s): %s", settings.temporal_target, exc.status.name, exc)
+        return UpstreamRefused(WORKFLOWS_REFUSED)
+    log.warning("Temporal at %s unavailable: %s", settings.temporal_target, type(exc).__name__ + f": {exc}")
+    return ServiceUnavailable(WORKFLOWS_UNAVAILABLE)
 
 
 def _unstorable(exc: Exception) -> RequestInvalid:
@@ -144,6 +188,10 @@ class BatchService:
         self._parse = parse
         self._temporal = temporal
         self._rollout = rollout
+        self._start_timeout_s = settings.api_start_timeout_s
+        # An unstarted request older than this is an orphan (see ORPHAN_AFTER_S).
+        self._orphan_after_s = 2 * settings.api_start_timeout_s
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- POST /v1/memory/batch -------------------------------------------------------------------
     async def submit(
@@ -154,9 +202,13 @@ class BatchService:
             previous = await self._replayable(user, idempotency_key)
             if previous is not None:
                 return accepted_from_request(previous), True
-            batch_id = idempotent_batch_id(user.user_id, idempotency_key)
+            candidates = [
+                idempotent_batch_id(user.user_id, idempotency_key, generation)
+                for generation in range(MAX_KEY_GENERATIONS)
+            ]
         else:
-            batch_id = uuid.uuid4().hex
+            candidates = [uuid.uuid4().hex]
+        await self._check_in_flight(user)
         try:
             storage = await self._rollout.storage_for(user.user_id)
         except ParseError as exc:
@@ -170,7 +222,48 @@ class BatchService:
             except ValueError as exc:
                 raise _unstorable(exc) from None
         temporal = await self._temporal_client()
+        for batch_id in candidates:
+            answer = await self._store_and_start(temporal, user, batch, idempotency_key, storage, batch_id)
+            if answer is not None:
+                return answer
+            # The workflow id of this batch id belongs to an earlier submission with this key that is
+            # gone (discarded before its start was known). Temporal never reuses a workflow id, so the
+            # key moves on to its next batch id instead of answering 409 forever.
+            log.warning("batch id %s of an Idempotency-Key is taken by a discarded submission", batch_id)
+        raise IdempotencyConflict(KEY_EXHAUSTED)
 
+    async def _check_in_flight(self, user: AuthenticatedUser) -> None:
+        """429 once the user has MAX_BATCHES_IN_FLIGHT batches pending or processing.
+
+        Counted from Parse, so every API process enforces the same cap. Checked before anything is
+        stored; two submits racing past it can exceed it by one each (a soft cap, not a lock). A replay
+        is answered before this check: asking again for a batch already in flight is never refused.
+        """
+        cap = self._settings.max_batches_in_flight
+        if cap <= 0:
+            return
+        try:
+            in_flight = await store.count_in_flight(self._parse, user.user_id)
+        except ParseError as exc:
+            raise _unavailable_parse(exc) from exc
+        if in_flight >= cap:
+            log.info("user %s refused: %d batches in flight (limit %d)", user.user_id, in_flight, cap)
+            raise TooManyRequests(
+                f"too many batches in flight: {in_flight}; the limit is {cap} per user. "
+                "Retry once one of them has finished.",
+                retry_after_s=IN_FLIGHT_RETRY_AFTER_S,
+            )
+
+    async def _store_and_start(
+        self,
+        temporal: Client,
+        user: AuthenticatedUser,
+        batch: BatchRequestIn,
+        idempotency_key: str | None,
+        storage: Storage,
+        batch_id: str,
+    ) -> tuple[BatchAccepted, bool] | None:
+        """Store the batch as ``batch_id`` and start it; None if that workflow id is taken by a dead batch."""
         try:
             request_id = await store.create_batch_memory_request_in_parse(
                 self._parse,
@@ -185,6 +278,7 @@ class BatchService:
                 webhook_url=batch.webhook_url,
                 webhook_secret=batch.webhook_secret,
                 idempotency_key=idempotency_key,
+                workflow_id=workflow_id_for(batch_id) if storage == "reference" else None,
             )
         except ParseError as exc:
             raise _unavailable_parse(exc) from exc
@@ -192,22 +286,36 @@ class BatchService:
             # A safety net behind the body model: storage validates and encodes before it uploads
             # or creates anything, so a refusal here is the caller's bad input and nothing is stored.
             raise _unstorable(exc) from None
-
         try:
             workflow_id = await asyncio.wait_for(
-                self._start(temporal, storage, request_id, batch_id, user, batch), START_TIMEOUT_S
+                self._start(temporal, storage, request_id, batch_id, user, batch), self._start_timeout_s
             )
         except WorkflowAlreadyStartedError:
-            return await self._lost_race(user, request_id, batch_id, idempotency_key), True
-        except (*TEMPORAL_CONNECT_ERRORS, ParseError, TypeError, ValueError) as exc:
+            winner = await self._lost_race(user, request_id, batch_id, idempotency_key)
+            return None if winner is None else (winner, True)
+        except (TypeError, ValueError) as exc:
+            # The SDK could not serialize the (legacy) input before sending anything: the caller's
+            # bad input, and the start certainly did not land.
+            await self._discard(request_id, f"workflow input not serializable: {type(exc).__name__}")
+            raise _unstorable(exc) from None
+        except (*TEMPORAL_CONNECT_ERRORS, ParseError) as exc:
             workflow_id = workflow_id_for(batch_id)
             # An answer lost on the way back does not mean the start failed: ask before deleting.
-            if not await self._workflow_exists(temporal, workflow_id):
-                if isinstance(exc, TypeError | ValueError):
-                    # The SDK could not serialize the (legacy) input: the caller's bad input.
-                    await self._discard(request_id, f"workflow input not serializable: {type(exc).__name__}")
-                    raise _unstorable(exc) from None
-                await self._discard(request_id, f"workflow not started: {exc}")
+            exists = await self._workflow_exists(temporal, workflow_id)
+            if exists is None:
+                # Temporal cannot say. The start may have landed, and a workflow whose request was
+                # deleted fails for good: keep the request, answer 503, and settle it once Temporal
+                # answers again (record the workflow, or discard the request if it never started).
+                log.warning(
+                    "start of %s raised %s and Temporal cannot confirm it; request %s kept",
+                    workflow_id,
+                    type(exc).__name__,
+                    request_id,
+                )
+                self._settle_later(request_id, workflow_id)
+                raise ServiceUnavailable(START_UNCONFIRMED) from exc
+            if not exists:
+                await self._discard(request_id, f"workflow not started: {type(exc).__name__}")
                 raise _start_failure(exc, self._settings) from exc
             log.warning(
                 "start of %s raised %r but the workflow exists; accepting the batch", workflow_id, exc
@@ -227,7 +335,8 @@ class BatchService:
         try:
             return await self._temporal.client()
         except TemporalUnavailable as exc:
-            raise ServiceUnavailable(str(exc)) from exc
+            # TemporalConnection logged the cause (with the address) when the connect failed.
+            raise ServiceUnavailable(WORKFLOWS_UNAVAILABLE) from exc
 
     async def _previous(self, user: AuthenticatedUser, key: str) -> BatchMemoryRequest | None:
         try:
@@ -240,18 +349,20 @@ class BatchService:
     async def _replayable(self, user: AuthenticatedUser, key: str) -> BatchMemoryRequest | None:
         """The earlier batch with this key if it was started (replay it), None if there is none.
 
-        A request whose start is still in flight, or whose starter crashed, has no ``workflowId``;
+        A request whose start is still in flight, or whose starter crashed, has no ``workflowRunId``;
         replaying it would promise a batch that may never run. Temporal has the last word (the start
         may have landed without being recorded). Otherwise: 409 while the start could still be in
         flight, and past :data:`ORPHAN_AFTER_S` the orphan is discarded and the caller starts afresh.
         """
         for _ in range(MAX_ORPHANS_CLEARED + 1):
             previous = await self._previous(user, key)
-            if previous is None or previous.workflow_id:
+            # A run id (recorded once the workflow runs) or a status past pending proves the start;
+            # workflowId alone does not: the reference path stores it before starting.
+            if previous is None or previous.workflow_run_id or previous.status != "pending":
                 return previous
             if await self._workflow_started(workflow_id_for(previous.batch_id)):
                 return previous
-            if _age_s(previous) <= ORPHAN_AFTER_S or previous.object_id is None:
+            if _age_s(previous) <= self._orphan_after_s or previous.object_id is None:
                 raise IdempotencyConflict(STILL_STARTING)
             log.warning(
                 "discarding batch request %s (batch %s): never started, stored %.0f s ago",
@@ -288,8 +399,9 @@ class BatchService:
         batch: BatchRequestIn,
     ) -> str:
         if storage == "reference":
+            # workflowId was stored at create; the worker records the run id (one write less here).
             return await start_batch_workflow_with_reference(
-                temporal, self._parse, self._settings, request_id=request_id, batch_id=batch_id
+                temporal, self._parse, self._settings, request_id=request_id, batch_id=batch_id, record=False
             )
         return await start_legacy_batch_workflow(
             temporal,
@@ -306,23 +418,70 @@ class BatchService:
 
     async def _lost_race(
         self, user: AuthenticatedUser, request_id: str, batch_id: str, key: str | None
-    ) -> BatchAccepted:
-        """Another submit with this key started ``batch-<batch_id>`` first: drop ours, answer with theirs."""
+    ) -> BatchAccepted | None:
+        """``batch-<batch_id>`` exists already: drop ours, and answer with the batch that owns it.
+
+        Either another submit with this key started it first (answer with that one), or it belongs
+        to an earlier submission that is gone (None: the caller moves on to the key's next batch id).
+        """
         await self._discard(request_id, "duplicate submission: another request with this idempotency key won")
         winner = await self._previous(user, key) if key is not None else None
         if winner is None or winner.batch_id != batch_id:
-            raise IdempotencyConflict(
-                "this Idempotency-Key belongs to an earlier submission that could not be started; "
-                "retry with a new key"
-            )
+            if key is None:
+                # A random uuid4 collided: practically impossible, and nothing to replay.
+                raise IdempotencyConflict(STILL_STARTING)
+            return None
         return accepted_from_request(winner)
 
-    async def _workflow_exists(self, temporal: Client, workflow_id: str) -> bool:
-        try:
-            await asyncio.wait_for(temporal.get_workflow_handle(workflow_id).describe(), DESCRIBE_TIMEOUT_S)
-        except TEMPORAL_CONNECT_ERRORS:
-            return False
-        return True
+    async def _workflow_exists(self, temporal: Client, workflow_id: str) -> bool | None:
+        """True or False when Temporal says so; None when it cannot be asked (an outage, a timeout)."""
+        run_id = await _describe_run_id(temporal, workflow_id)
+        return None if run_id is _UNKNOWN else run_id is not None
+
+    def _settle_later(self, request_id: str, workflow_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle(request_id, workflow_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _settle(self, request_id: str, workflow_id: str) -> None:
+        """Ask Temporal until it answers whether ``workflow_id`` started; record it, or discard the request.
+
+        "Not found" counts only once no start can still be in flight (:attr:`_orphan_after_s` after
+        the start was sent). If this process ends first, the request stays ``pending`` without a
+        ``workflowId``: a retry with its Idempotency-Key settles it the same way.
+        """
+        sent_at = time.monotonic()
+        while time.monotonic() - sent_at < SETTLE_FOR_S:
+            await asyncio.sleep(SETTLE_EVERY_S)
+            try:
+                temporal = await self._temporal.client()
+            except TemporalUnavailable:
+                continue
+            run_id = await _describe_run_id(temporal, workflow_id)
+            try:
+                if isinstance(run_id, str):
+                    await store.record_workflow(self._parse, request_id, workflow_id, run_id)
+                    log.info(
+                        "start of %s confirmed after an outage; request %s kept", workflow_id, request_id
+                    )
+                    return
+                if run_id is None and time.monotonic() - sent_at > self._orphan_after_s:
+                    await self._discard(request_id, "workflow not started (confirmed after an outage)")
+                    log.info("start of %s never landed; request %s discarded", workflow_id, request_id)
+                    return
+            except ParseError as exc:
+                log.warning("settling request %s: Parse unavailable (%s); will retry", request_id, exc)
+        log.error(
+            "request %s: start of %s still unconfirmed after %.0f s; left pending (a retry with its "
+            "Idempotency-Key settles it)",
+            request_id,
+            workflow_id,
+            SETTLE_FOR_S,
+        )
+
+    async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
 
     async def _discard(self, request_id: str, reason: str) -> None:
         """Delete a request that will never run (object and file); failing that, mark it failed."""
@@ -335,12 +494,13 @@ class BatchService:
             )
         error = BatchError(index=-1, error=reason, timestamp=datetime.now(UTC))
         try:
+            await store.append_batch_request_errors(self._parse, request_id, [error])
             await store.update_batch_request_status(
                 self._parse,
                 request_id,
                 "failed",
                 # The key is released so a retry with it can start a new batch.
-                extra={"errors": [error.to_parse()], "idempotencyKey": {"__op": "Delete"}},
+                extra={"idempotencyKey": {"__op": "Delete"}},
             )
         except ParseError as exc:
             log.error(
@@ -349,6 +509,37 @@ class BatchService:
 
     # -- GET /v1/batch/{batch_id}/status ---------------------------------------------------------
     async def status(self, user: AuthenticatedUser, batch_id: str) -> BatchStatusOut:
+        request = await self._owned_request(user, batch_id)
+        return status_from_request(request, datetime.now(UTC))
+
+    # -- GET /v1/batch/{batch_id}/errors ---------------------------------------------------------
+    async def errors(
+        self, user: AuthenticatedUser, batch_id: str, offset: int, limit: int
+    ) -> BatchErrorsPage:
+        request = await self._owned_request(user, batch_id)
+        if request.error_count is None:
+            # Stored before per-memory error objects existed: its ``errors`` array is complete.
+            distinct = sorted(request.distinct_errors(), key=lambda e: (e.index, e.timestamp))
+            page, total = distinct[offset : offset + limit], len(distinct)
+        else:
+            try:
+                page = await store.find_batch_errors(
+                    self._parse, batch_id, offset=offset, limit=limit, session_token=user.session_token
+                )
+            except PermissionDenied as exc:
+                raise InvalidSession("invalid or expired session token") from exc
+            except ParseError as exc:
+                raise _unavailable_parse(exc) from exc
+            total = request.error_count
+        return BatchErrorsPage(
+            batch_id=batch_id,
+            error_count=total,
+            offset=offset,
+            limit=limit,
+            errors=[BatchErrorDetailOut(index=e.index, error=e.error, timestamp=e.timestamp) for e in page],
+        )
+
+    async def _owned_request(self, user: AuthenticatedUser, batch_id: str) -> BatchMemoryRequest:
         if re.fullmatch(BATCH_ID_PATTERN, batch_id) is None:
             raise BatchNotFound()
         try:
@@ -361,4 +552,4 @@ class BatchService:
         # Parse's ACL also lets the organization's role read the batch; the API answers its owner only.
         if request is None or not _owned_by(request, user):
             raise BatchNotFound()
-        return status_from_request(request, datetime.now(UTC))
+        return request

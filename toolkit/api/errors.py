@@ -37,6 +37,15 @@ class IdempotencyConflict(ApiError):
     status_code = 409
 
 
+class TooManyRequests(ApiError):
+    """The caller is over a rate or concurrency limit; ``Retry-After`` says when to try again."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
 class UpstreamRefused(ApiError):
     """Parse or Temporal answered, but refused the operation (not an outage)."""
 
@@ -50,6 +59,18 @@ class ServiceUnavailable(ApiError):
 
     def __init__(self, detail: str, *, retry_after_s: int = 5) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
+# What a client reads when a backend fails. Generic on purpose: the cause (an address, a port, a
+# backend's own error text) is logged server-side and never sent, so answers map nothing internal.
+STORAGE_UNAVAILABLE = "the batch store is temporarily unavailable; retry later"
+WORKFLOWS_UNAVAILABLE = "the workflow service is temporarily unavailable; retry later"
+STORAGE_REFUSED = "the batch store refused the operation"
+WORKFLOWS_REFUSED = "the workflow service refused the operation"
+START_UNCONFIRMED = (
+    "the workflow service did not confirm the start; retry later with the same Idempotency-Key "
+    "(a batch that did start is then answered, not started twice)"
+)
 
 
 class RequestInvalid(ApiError):

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 from toolkit.api.schemas import BatchErrorOut, BatchStatusOut
 from toolkit.parse.models import FINISHED_STATUSES, BatchMemoryRequest, Storage
 
-# The status answer carries at most this many errors (the newest); error_count says how many exist.
+# The status answer carries at most this many errors (the first recorded); error_count says how many
+# exist, and GET /v1/batch/{id}/errors pages through all of them.
 MAX_STATUS_ERRORS = 100
 
 
@@ -39,13 +40,14 @@ def estimate_completion(request: BatchMemoryRequest, now: datetime) -> datetime 
 
 
 def status_from_request(request: BatchMemoryRequest, now: datetime) -> BatchStatusOut:
-    # Newest first by timestamp, keep MAX_STATUS_ERRORS, then show them in memory order.
-    # One entry per memory: a retried activity may have recorded the same memory's error twice.
+    # The request stores at most the first MAX_STORED_ERRORS errors (all of them are paged from
+    # /v1/batch/{id}/errors); requests from before the bound may hold more, so the cut stays here.
+    # One entry per memory: an older request may have recorded the same memory's error twice.
     distinct = request.distinct_errors()
-    newest = sorted(distinct, key=lambda e: (e.timestamp, e.index), reverse=True)[:MAX_STATUS_ERRORS]
+    shown = sorted(distinct, key=lambda e: (e.timestamp, e.index))[:MAX_STATUS_ERRORS]
     errors = [
         BatchErrorOut(index=e.index, error=e.error)
-        for e in sorted(newest, key=lambda e: (e.index, e.timestamp))
+        for e in sorted(shown, key=lambda e: (e.index, e.timestamp))
     ]
     return BatchStatusOut(
         batch_id=request.batch_id,
@@ -60,6 +62,6 @@ def status_from_request(request: BatchMemoryRequest, now: datetime) -> BatchStat
         completed_at=request.completed_at,
         estimated_completion=estimate_completion(request, now),
         errors=errors,
-        error_count=len(distinct),
+        error_count=len(distinct) if request.error_count is None else request.error_count,
         webhook_sent=request.webhook_sent,
     )

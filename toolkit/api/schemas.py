@@ -143,9 +143,33 @@ class BatchStatusOut(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
     estimated_completion: datetime | None
-    errors: list[BatchErrorOut] = Field(description="the newest errors (at most 100), ordered by index")
-    error_count: int = Field(description="how many errors were recorded in total")
+    errors: list[BatchErrorOut] = Field(
+        description="the first errors recorded (at most 100), ordered by index; "
+        "all of them: GET /v1/batch/{batch_id}/errors"
+    )
+    error_count: int = Field(description="how many memories (and batch-level failures) have an error")
     webhook_sent: bool
+
+
+class BatchErrorDetailOut(BaseModel):
+    index: int = Field(description="the memory's index in the batch; -1 for a failure of the whole batch")
+    error: str
+    timestamp: datetime
+
+
+class BatchErrorsPage(BaseModel):
+    """One page of a batch's per-memory errors, ordered by index."""
+
+    batch_id: str
+    error_count: int = Field(description="how many errors the batch has in total")
+    offset: int
+    limit: int
+    errors: list[BatchErrorDetailOut]
+
+
+# Page size bounds of GET /v1/batch/{batch_id}/errors.
+ERRORS_PAGE_DEFAULT = 100
+ERRORS_PAGE_MAX = 1000
 
 
 class ErrorOut(BaseModel):

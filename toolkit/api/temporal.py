@@ -52,6 +52,8 @@ class TemporalConnection:
                 self._client = await asyncio.wait_for(connect(self._settings), self._connect_timeout_s)
             except TEMPORAL_CONNECT_ERRORS as exc:
                 reason = f"Temporal at {self._settings.temporal_target} is unreachable: {_short(exc)}"
+                # Logged here, once per connect attempt; the API answers a generic 503.
+                log.warning("%s", reason)
                 self._last_failure = (time.monotonic(), reason)
                 raise TemporalUnavailable(reason) from exc
             self._last_failure = None
@@ -63,8 +65,8 @@ class TemporalConnection:
         async def attempt() -> None:
             try:
                 await self.client()
-            except TemporalUnavailable as exc:
-                log.warning("%s; will retry on the first request", exc)
+            except TemporalUnavailable:
+                log.info("no Temporal at start-up; will retry on the first request")
 
         self._background = asyncio.get_running_loop().create_task(attempt())
 

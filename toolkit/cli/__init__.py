@@ -31,7 +31,8 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'part':<9} {'pid':>7}  {'health':<8} url")
     for row in rows:
         health = "healthy" if row.healthy else ("running" if row.pid else "stopped")
-        print(f"{row.name:<9} {row.pid or '-':>7}  {health:<8} {row.url}")
+        metrics = f"  metrics {row.metrics_url}" if row.metrics_url else ""
+        print(f"{row.name:<9} {row.pid or '-':>7}  {health:<8} {row.url}{metrics}")
     return 0 if all(r.healthy for r in rows) else 1
 
 
@@ -153,7 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cleanup)
 
     p = sub.add_parser("bench", help="both paths against a direct-write baseline, measured in one run")
-    p.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[10, 100, 1000], help="memories per batch, up to 100000"
+    )
+    p.add_argument(
+        "--fixed-cost-runs",
+        type=int,
+        default=10,
+        help="10-memory batches submitted through the API to break the fixed cost down (0: skip)",
+    )
     p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
     p.add_argument("--json", action="store_true", help="also print the rows as JSON")
     p.set_defaults(func=_bench)

@@ -12,7 +12,15 @@ from toolkit.settings import Settings
 
 
 def bench_command(args: argparse.Namespace, settings: Settings) -> int:
-    rows = asyncio.run(run_bench(settings, sizes=args.sizes, workload=args.workload))
+    print("(ratios are to the baseline measured in this run; absolute times depend on this machine's load)")
+    rows = asyncio.run(
+        run_bench(
+            settings,
+            sizes=args.sizes,
+            workload=args.workload,
+            fixed_cost_runs=args.fixed_cost_runs,
+        )
+    )
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     return 0

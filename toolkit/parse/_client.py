@@ -19,10 +19,33 @@ import httpx
 
 from toolkit.parse.errors import ParseError, ParseUnavailable, error_for
 from toolkit.settings import Settings
+from toolkit.timing import span
 
 log = logging.getLogger(__name__)
 
 _RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    scheme = url.scheme.lower()
+    return scheme, url.host.lower(), url.port or _DEFAULT_PORTS.get(scheme)
+
+
+def same_origin(base: httpx.URL, url: str) -> bool:
+    """Whether ``url`` has the scheme, host and port of ``base`` (default ports made explicit).
+
+    A relative or scheme-relative URL is never the same origin: file URLs come from Parse (and from
+    whatever files adapter it runs, e.g. S3 or a CDN) as absolute URLs, and anything else is refused
+    the credentials rather than resolved against a guess.
+    """
+    try:
+        target = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    if not target.scheme or not target.host:
+        return False
+    return _origin(target) == _origin(base)
 
 
 class ParseClient:
@@ -88,14 +111,16 @@ class ParseClient:
         attempts = len(self._retry_delays_s) + 1 if retry else 1
         for attempt in range(attempts):
             try:
-                response = await self._http.request(
-                    method,
-                    path.lstrip("/"),
-                    json=json_body,
-                    params=params,
-                    content=content,
-                    headers=headers,
-                )
+                # Named by method and resource kind (never ids): "parse.POST.files", "parse.PUT.classes".
+                with span(f"parse.{method.upper()}.{path.lstrip('/').split('/', 1)[0]}"):
+                    response = await self._http.request(
+                        method,
+                        path.lstrip("/"),
+                        json=json_body,
+                        params=params,
+                        content=content,
+                        headers=headers,
+                    )
             except httpx.TransportError as exc:
                 error: ParseError = ParseUnavailable(
                     f"Parse Server at {self.base_url} unreachable: {type(exc).__name__}: {exc}"
@@ -113,10 +138,16 @@ class ParseClient:
         raise error
 
     async def download(self, url: str) -> bytes:
-        """Fetch a file's bytes by its URL (retried: downloads are idempotent)."""
+        """Fetch a file's bytes by its URL (retried: downloads are idempotent).
+
+        The app id and REST key go only to the Parse origin (scheme, host and port of
+        ``PARSE_SERVER_URL``). A files adapter may hand out URLs on S3 or a CDN, and those hosts
+        must never see Parse's keys: there the file is fetched without any Parse header.
+        """
+        headers = self.headers() if same_origin(httpx.URL(self.base_url), url) else {}
         for attempt in range(len(self._retry_delays_s) + 1):
             try:
-                response = await self._http.get(url, headers=self.headers())
+                response = await self._http.get(url, headers=headers)
             except httpx.TransportError as exc:
                 error: ParseError = ParseUnavailable(f"file download failed: {exc}")
             else:

@@ -40,6 +40,7 @@ __all__ = [
     "ParseFile",
     "Storage",
     "Pointer",
+    "error_object_id",
     "from_parse_date",
     "memory_object_id",
     "to_parse_date",
@@ -65,6 +66,27 @@ def validate_object_id(value: object) -> str:
     if not isinstance(value, str) or _OBJECT_ID.fullmatch(value) is None:
         raise ValueError(f"invalid objectId {value!r}: expected 1-64 characters of [A-Za-z0-9_-]")
     return value
+
+
+def _base62_id(prefix: str, text: str) -> str:
+    digest = hashlib.sha256(text.encode()).digest()
+    number = int.from_bytes(digest[:_DIGEST_BYTES], "big")
+    digits = []
+    for _ in range(_ID_DIGITS):
+        number, digit = divmod(number, 62)
+        digits.append(_BASE62[digit])
+    return prefix + "".join(reversed(digits))
+
+
+def error_object_id(batch_id: str, index: int) -> str:
+    """The objectId of the BatchMemoryError of ``(batch_id, index)`` (index -1: the whole batch).
+
+    Deterministic like :func:`memory_object_id`, so a memory's error is stored once however often
+    a retried activity reports it: ``"e"`` plus 25 base-62 digits of sha256(``"error:<batch_id>:<index>"``).
+    """
+    if isinstance(index, bool) or not isinstance(index, int) or index < -1:
+        raise ValueError(f"error index must be an int >= -1, got {index!r}")
+    return _base62_id("e", f"error:{batch_id}:{index}")
 
 
 def memory_object_id(batch_id: str, index: int) -> str:
@@ -278,6 +300,7 @@ _PARSE_FIELDS: dict[str, str] = {
     "success_count": "successCount",
     "fail_count": "failCount",
     "errors": "errors",
+    "error_count": "errorCount",
     "workflow_id": "workflowId",
     "workflow_run_id": "workflowRunId",
     "webhook_url": "webhookUrl",
@@ -327,6 +350,9 @@ class BatchMemoryRequest(BaseModel):
     success_count: int = 0
     fail_count: int = 0
     errors: list[BatchError] = []
+    # Exact number of memories (and batch-level failures) with an error; None on requests stored
+    # before the counter existed, whose ``errors`` array is then complete.
+    error_count: int | None = None
     workflow_id: str | None = None
     workflow_run_id: str | None = None
     webhook_url: str | None = None

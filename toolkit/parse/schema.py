@@ -36,6 +36,7 @@ def _private_class_permissions(protected: list[str]) -> dict[str, Any]:
 
 
 BATCH_MEMORY_REQUEST = "BatchMemoryRequest"
+BATCH_MEMORY_ERROR = "BatchMemoryError"
 MEMORY = "Memory"
 
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -55,6 +56,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "successCount": {"type": "Number"},
             "failCount": {"type": "Number"},
             "errors": {"type": "Array"},
+            "errorCount": {"type": "Number"},
             "workflowId": {"type": "String"},
             "workflowRunId": {"type": "String"},
             "webhookUrl": {"type": "String"},
@@ -73,6 +75,28 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "BatchMemoryRequest_user_idempotencyKey": {"user": 1, "idempotencyKey": 1},
         },
         "classLevelPermissions": _private_class_permissions(["webhookSecret"]),
+    },
+    # One object per failed memory (objectId derived from batch and index), ACL like its request.
+    BATCH_MEMORY_ERROR: {
+        "fields": {
+            "batchId": {"type": "String"},
+            "request": _pointer(BATCH_MEMORY_REQUEST),
+            "user": _pointer("_User"),
+            "index": {"type": "Number"},
+            "error": {"type": "String"},
+            "timestamp": {"type": "Date"},
+        },
+        "indexes": {
+            "BatchMemoryError_batchId_index": {"batchId": 1, "index": 1},
+            "BatchMemoryError_request": {"request": 1},
+        },
+        # Written by the worker (master key) only: a client may read its own, never forge one.
+        "classLevelPermissions": {
+            **_private_class_permissions([]),
+            "create": {},
+            "update": {},
+            "delete": {},
+        },
     },
     MEMORY: {
         "fields": {

@@ -168,6 +168,11 @@ class StackPart:
     def url(self) -> str:
         raise NotImplementedError
 
+    @property
+    def metrics_url(self) -> str | None:
+        """Where Prometheus scrapes this part; None for parts that export no metrics."""
+        return None
+
     def pid(self) -> int | None:
         return read_pid(self.pid_file)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import signal
+import socket
 import time
 from dataclasses import dataclass
 
@@ -22,11 +23,24 @@ class PartStatus:
     pid: int | None
     url: str
     healthy: bool
+    metrics_url: str | None = None  # where Prometheus scrapes the part, if it exports metrics
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def with_local_secrets(settings: Settings) -> Settings:
-    """Fill in Parse keys for the local stack when none are configured (kept in stack.env after)."""
+    """Fill in Parse keys for the local stack when none are configured (kept in stack.env after).
+
+    Also the worker's metrics port: a free one on first ``up``, then kept in stack.env, so stacks
+    on other port blocks never collide on a fixed default.
+    """
     changes: dict[str, object] = {"webhook_allow_private": True}
+    if settings.worker_metrics_port <= 0:
+        changes["worker_metrics_port"] = _free_port(settings.bind_host)
     if not settings.parse_master_key:
         changes["parse_master_key"] = "master-" + secrets.token_hex(16)
     if not settings.parse_rest_api_key:
@@ -106,7 +120,9 @@ def status(settings: Settings) -> list[PartStatus]:
     result = []
     for part in parts(settings):
         pid = part.pid()
-        result.append(PartStatus(part.name, pid, part.url, pid is not None and part.healthy()))
+        result.append(
+            PartStatus(part.name, pid, part.url, pid is not None and part.healthy(), part.metrics_url)
+        )
     return result
 
 

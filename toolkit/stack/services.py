@@ -24,6 +24,10 @@ class ApiServer(StackPart):
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.url}/metrics"
+
     def healthy(self) -> bool:
         return http_ok(f"{self.url}/healthz")
 
@@ -51,6 +55,11 @@ class Worker(StackPart):
     def url(self) -> str:
         return f"task queue {self.settings.temporal_task_queue}"
 
+    @property
+    def metrics_url(self) -> str | None:
+        port = self.settings.worker_metrics_port
+        return f"http://{self.host}:{port}/metrics" if port > 0 else None
+
     def healthy(self) -> bool:
         pid = self.pid()
         try:
@@ -59,6 +68,8 @@ class Worker(StackPart):
             return False
 
     def start(self) -> None:
+        if self.settings.worker_metrics_port > 0:
+            self.refuse_taken_ports({"WORKER_METRICS_PORT": self.settings.worker_metrics_port})
         self.ready_file.parent.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         pid = spawn(

@@ -1,0 +1,103 @@
+"""Operator metrics, scraped for real: the API's own /metrics and the stack worker's Temporal SDK metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from toolkit import stack
+from toolkit.settings import Settings
+from toolkit.users import ParseUser
+from toolkit.workloads import chitchat_memories
+
+if TYPE_CHECKING:
+    from tests.api.conftest import ApiServer
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_api_metrics_count_routes_statuses_errors_latency_and_accepted_batches(
+    start_api, http: httpx.AsyncClient, user: ParseUser
+) -> None:
+    api: ApiServer = start_api()  # its own process: the counts below are this test's alone
+    headers = {"X-Parse-Session-Token": user.session_token}
+    accepted = await http.post(
+        f"{api.url}/v1/memory/batch", json={"memories": chitchat_memories(4)}, headers=headers
+    )
+    assert accepted.status_code == 202, accepted.text
+    storage = accepted.json()["storage"]
+    status_url = f"{api.url}{accepted.json()['status_url']}"
+    for _ in range(3):
+        assert (await http.get(status_url, headers=headers)).status_code == 200
+    assert (await http.get(f"{api.url}/v1/batch/{'9' * 32}/status", headers=headers)).status_code == 404
+    assert (await http.get(f"{api.url}/v1/batch/x/status")).status_code == 401
+    assert (await http.get(f"{api.url}/no/such/path/{'z' * 40}")).status_code == 404
+
+    scrape = await http.get(f"{api.url}/metrics")
+    assert scrape.status_code == 200
+    assert scrape.headers["content-type"].startswith("text/plain")
+    samples = _samples(scrape.text)
+    status_route = "/v1/batch/{batch_id}/status"
+    assert (
+        _value(samples, "batch_api_requests_total", route="/v1/memory/batch", method="POST", status="202")
+        == 1
+    )
+    assert _value(samples, "batch_api_requests_total", route=status_route, method="GET", status="200") == 3
+    assert _value(samples, "batch_api_requests_total", route=status_route, method="GET", status="404") == 1
+    assert _value(samples, "batch_api_requests_total", route=status_route, method="GET", status="401") == 1
+    # An unknown path is counted under one label, never under its own raw path.
+    assert _value(samples, "batch_api_requests_total", route="unmatched", method="GET", status="404") == 1
+    assert "z" * 40 not in scrape.text
+    assert _value(samples, "batch_api_error_responses_total", **{"class": "4xx"}) == 3
+    assert _value(samples, "batch_api_error_responses_total", **{"class": "5xx"}) == 0
+    assert _value(samples, "batch_api_batches_accepted_total", storage=storage) == 1
+    assert _value(samples, "batch_api_memories_accepted_total", storage=storage) == 4
+    count = _value(samples, "batch_api_request_duration_seconds_count", route=status_route, method="GET")
+    assert count == 5
+    assert _value(samples, "batch_api_request_duration_seconds_sum", route=status_route, method="GET") > 0
+    # /metrics is for operators: not part of the API's OpenAPI document.
+    assert "/metrics" not in (await http.get(f"{api.url}/openapi.json")).json()["paths"]
+
+
+async def test_the_stack_worker_exports_temporal_sdk_metrics(
+    settings: Settings, http: httpx.AsyncClient, api: ApiServer, user: ParseUser
+) -> None:
+    rows = {row.name: row for row in await asyncio.to_thread(stack.status, settings)}
+    assert rows["api"].metrics_url == f"{settings.api_url}/metrics"
+    worker_url = rows["worker"].metrics_url
+    assert worker_url == f"http://{settings.bind_host}:{settings.worker_metrics_port}/metrics"
+    assert f"WORKER_METRICS_PORT={settings.worker_metrics_port}" in settings.stack_env_file.read_text()
+
+    # A batch through the stack's worker, so task metrics exist whatever ran before.
+    headers = {"X-Parse-Session-Token": user.session_token}
+    accepted = await http.post(
+        f"{api.url}/v1/memory/batch", json={"memories": chitchat_memories(2)}, headers=headers
+    )
+    assert accepted.status_code == 202, accepted.text
+    for _ in range(150):
+        status = (await http.get(f"{api.url}{accepted.json()['status_url']}", headers=headers)).json()
+        if status["status"] == "completed":
+            break
+        await asyncio.sleep(0.2)
+    assert status["status"] == "completed"
+
+    scrape = await http.get(worker_url)
+    assert scrape.status_code == 200
+    names = {family.name for family in text_string_to_metric_families(scrape.text)}
+    assert {"temporal_request", "temporal_num_pollers", "temporal_workflow_completed"} <= names, sorted(names)
+    queue = re.escape(settings.temporal_task_queue)
+    assert re.search(rf'temporal_workflow_completed\{{[^}}]*task_queue="{queue}"', scrape.text)

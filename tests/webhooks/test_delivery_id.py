@@ -1,0 +1,124 @@
+"""Webhooks are delivered at least once, recognisably: a resend carries the same X-Batch-Delivery-Id.
+
+The real receiver, the real Parse Server behind a real TCP proxy, and the real ``send_batch_webhook``
+activity (run as Temporal runs an attempt). The receiver takes Parse away the moment the delivery
+arrives, so recording ``webhookSent`` fails after a delivery the receiver accepted: the attempt
+fails, and the next attempt (Temporal's retry) sends the same event again with the same id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from temporalio.testing import ActivityEnvironment
+
+from toolkit.activities import BatchActivities
+from toolkit.batch_types import BatchReference
+from toolkit.parse import ParseClient, ParseUnavailable
+from toolkit.parse import batch_requests as store
+from toolkit.parse.models import MemoryItem
+from toolkit.settings import Settings
+from toolkit.testing.tcp_proxy import TcpProxy
+from toolkit.testing.webhook_receiver import ReceivedRequest, WebhookReceiver
+from toolkit.users import ParseUser
+from toolkit.webhooks import DELIVERY_ID_HEADER, delivery_id
+
+SECRET = "delivery-secret"
+
+
+class _ReceiverThatCutsParse(WebhookReceiver):
+    """Takes the proxy down when the first delivery arrives, before answering it 200."""
+
+    def __init__(self, proxy: TcpProxy) -> None:
+        super().__init__(SECRET)
+        self._proxy = proxy
+
+    def _record(self, request: ReceivedRequest) -> None:
+        super()._record(request)
+        if len(self.requests) == 1:
+            self._proxy.set_mode("down")
+
+
+@pytest.fixture
+def parse_proxy(settings: Settings) -> Iterator[TcpProxy]:
+    url = httpx.URL(settings.parse_url)
+    with TcpProxy(url.host, url.port or 80) as proxy:
+        yield proxy
+
+
+async def test_a_delivery_whose_success_was_not_recorded_is_resent_with_the_same_id(
+    parse: ParseClient, settings: Settings, user: ParseUser, unique: str, parse_proxy: TcpProxy
+) -> None:
+    receiver = _ReceiverThatCutsParse(parse_proxy)
+    receiver.start()
+    batch_id = f"wh{unique}"
+    request_id = await store.create_batch_memory_request_in_parse(
+        parse,
+        settings,
+        batch_id=batch_id,
+        user_id=user.object_id,
+        memories=[MemoryItem(content="one memory")],
+        webhook_url=receiver.url(),
+        webhook_secret=SECRET,
+    )
+    try:
+        await store.update_batch_request_completion(
+            parse,
+            request_id,
+            status="completed",
+            completed_at=datetime.now(UTC),
+            processing_duration_ms=5,
+            processed=1,
+            successful=1,
+            failed=0,
+        )
+        proxied = dataclasses.replace(
+            settings,
+            parse_server_url=str(
+                httpx.URL(settings.parse_url).copy_with(host="127.0.0.1", port=parse_proxy.port)
+            ),
+            webhook_allow_private=True,
+            webhook_backoff_s=0.05,
+        )
+        reference = BatchReference(request_id=request_id, batch_id=batch_id)
+        env = ActivityEnvironment()
+        async with ParseClient(proxied, retry_delays_s=(0.05, 0.05)) as via_proxy:
+            activities = BatchActivities(proxied, via_proxy)
+
+            with pytest.raises(ParseUnavailable):  # attempt 1: delivered, but webhookSent not recorded
+                await env.run(activities.send_batch_webhook, reference)
+            assert len(receiver.requests) == 1
+            stored = await store.find_batch_request(parse, batch_id)
+            assert stored is not None and stored.webhook_sent is False
+
+            parse_proxy.set_mode("forward")
+            second = await env.run(activities.send_batch_webhook, reference)  # attempt 2: Temporal's retry
+            assert second.delivered is True
+            third = await env.run(activities.send_batch_webhook, reference)  # once recorded, never again
+            assert third.delivered is True and third.skipped_reason == "already delivered"
+    finally:
+        receiver.stop()
+        await store.delete_batch_request(parse, request_id)
+
+    assert len(receiver.requests) == 2
+    ids = [r.headers[DELIVERY_ID_HEADER.lower()] for r in receiver.requests]
+    assert ids == [delivery_id(batch_id, "batch.completed")] * 2
+    assert [r.signature_valid for r in receiver.requests] == [True, True]
+    bodies = [json.loads(r.body) for r in receiver.requests]
+    assert bodies[0] == bodies[1] and bodies[0]["batch_id"] == batch_id
+    # A receiver can derive the same id from the signed body.
+    assert delivery_id(bodies[0]["batch_id"], bodies[0]["event"]) == ids[0]
+
+
+def test_delivery_ids_are_stable_and_distinct_per_batch_and_event() -> None:
+    assert delivery_id("b1", "batch.completed") == delivery_id("b1", "batch.completed")
+    assert delivery_id("b1", "batch.completed") != delivery_id("b2", "batch.completed")
+    assert delivery_id("b1", "batch.completed") != delivery_id("b1", "batch.failed")
+    assert len(delivery_id("b1")) == len("whd_") + 32 and delivery_id("b1").startswith("whd_")
+    with pytest.raises(ValueError):
+        delivery_id("")
