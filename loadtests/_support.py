@@ -41,7 +41,7 @@ from toolkit.rollout import FLAGS_TTL_S, RolloutFlags, read_flags, write_flags
 from toolkit.settings import Settings, load_settings
 from toolkit.users import ParseUser, log_in_or_sign_up
 from toolkit.webhooks import SIGNATURE_HEADER, verify_signature
-from toolkit.workloads import WORKLOADS, make_memories
+from toolkit.workloads import make_memories
 
 T = TypeVar("T")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Parse call would drown Locust's output
@@ -54,69 +54,6 @@ WEBHOOK_GRACE_S = 30.0  # a delivery later than this after completion is "late"
 BATCH_MESSAGE = "batch_record"  # worker -> master: one finished batch
 SERVER_VIEW_TIMEOUT_S = 120.0
 START_BARRIER_S = 120.0  # the longest a logged-in user waits for the others before its first batch
-
-
-# ---- options -------------------------------------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _seconds(minimum: float, strict: bool) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-        if value != value or value < minimum or (strict and value == minimum):
-            bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        return value
-
-    return parse
-
-
-def _steps(text: str) -> tuple[int, ...]:
-    steps = tuple(_positive_int(part.strip()) for part in text.split(","))
-    if list(steps) != sorted(set(steps)):
-        raise argparse.ArgumentTypeError(f"user counts must rise, got {text!r}")
-    return steps
-
-
-def _percent(text: str) -> float:
-    value = _seconds(0, strict=False)(text)
-    if value > 100:
-        raise argparse.ArgumentTypeError(f"must be at most 100, got {text}")
-    return value
-
-
-def add_options(parser: Any, scenarios: dict[str, Shape]) -> None:
-    """The locustfile's own options (Locust's parser is argparse: a bad value exits 2 with the reason)."""
-    parser.add_argument("--scenario", choices=sorted(scenarios), default="concurrent", help="load shape")
-    parser.add_argument(
-        "--path",
-        choices=("reference", "legacy", "current"),
-        default="current",
-        help="rollout flags for the run: everyone on the reference or legacy path, or leave them as they are",
-    )
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="chitchat", help="memories to send")
-    parser.add_argument("--batch-size", type=_positive_int, help="memories per batch (scenario default)")
-    parser.add_argument("--batches-per-user", type=_positive_int, help="batches each user submits")
-    parser.add_argument("--interval-s", type=_seconds(0, False), help="seconds between batch starts")
-    parser.add_argument("--webhooks", action="store_true", help="signed webhook per batch, verified")
-    parser.add_argument("--job-timeout-s", type=_seconds(0, True), default=600.0, help="a batch's time limit")
-    parser.add_argument("--stress-steps", type=_steps, default=(10, 25, 50, 100), help="stress: users/step")
-    parser.add_argument("--step-s", type=_seconds(0, True), default=180.0, help="stress: seconds per step")
-    parser.add_argument("--gate-success-pct", type=_percent, default=95.0, help="stress: success rate gate")
-    parser.add_argument("--gate-p95-s", type=_seconds(0, True), default=120.0, help="stress: p95 gate (s)")
-    parser.add_argument("--report-root", help="run records (default LOAD_REPORT_ROOT, reports/load)")
 
 
 @dataclass(frozen=True)
@@ -351,6 +288,7 @@ class BatchJobs:
         if not reason:
             storage, row["batch_id"] = accepted["storage"], accepted["batch_id"]
             status, reason = self._follow(accepted, headers, started, row)
+            elapsed_ms = (time.monotonic() - started) * 1000  # to the final status, not to the webhook
             row.update(
                 status=status.get("status", ""),
                 successful=status.get("successful", ""),
@@ -367,7 +305,8 @@ class BatchJobs:
                 row["webhook"], row["webhook_delay_ms"] = outcome, "" if delay is None else round(delay, 1)
                 if outcome != "ok" and not reason:
                     reason = row["error"] = f"webhook {outcome}"
-        elapsed_ms = (time.monotonic() - started) * 1000
+        else:
+            elapsed_ms = (time.monotonic() - started) * 1000
         row.update(storage=storage, end_to_end_ms=round(elapsed_ms, 1))
         row["finished_at"] = datetime.now(UTC).isoformat()
         self.user.environment.events.request.fire(

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import _support as load  # next to this file (Locust puts the locustfile's folder on sys.path)
+from _options import add_options
 from locust import HttpUser, LoadTestShape, events, task
 
 # The plan's shapes; --batch-size, --batches-per-user, --interval-s and -u override them.
@@ -38,7 +39,7 @@ state: load.RunState | None = None
 
 @events.init_command_line_parser.add_listener
 def _add_options(parser: Any) -> None:
-    load.add_options(parser, SCENARIOS)
+    add_options(parser, SCENARIOS)
 
 
 @events.init.add_listener
