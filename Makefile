@@ -16,7 +16,7 @@ TEST_API_PORT      ?= 28000
 TEST_ENV = TOOLKIT_STACK_DIR=$(TEST_STACK_DIR) POSTGRES_PORT=$(TEST_POSTGRES_PORT) PARSE_PORT=$(TEST_PARSE_PORT) \
            TEMPORAL_PORT=$(TEST_TEMPORAL_PORT) TEMPORAL_UI_PORT=$(TEST_UI_PORT) API_PORT=$(TEST_API_PORT)
 
-.PHONY: install run lab test lint stack-up stack-down stack-status clean
+.PHONY: install run lab test lint stack-up stack-down stack-status clean load
 
 $(STAMP): pyproject.toml parse-server/package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,8 +40,8 @@ test: install
 	env $(TEST_ENV) $(TOOLKIT) stack down; exit $$status
 
 lint: install
-	$(VENV)/bin/ruff check toolkit tests
-	$(VENV)/bin/ruff format --check toolkit tests
+	$(VENV)/bin/ruff check toolkit tests $(wildcard loadtests)
+	$(VENV)/bin/ruff format --check toolkit tests $(wildcard loadtests)
 
 stack-up: install
 	$(TOOLKIT) stack up
@@ -55,3 +55,15 @@ stack-status: install
 clean:
 	-$(TOOLKIT) stack down
 	rm -rf .stack .stack-test .stack-faults reports
+
+# Load scenarios against the stack of .stack (or of TOOLKIT_STACK_DIR); records in reports/load/.
+#   make load SCENARIO=concurrent|large|sustained|stress LOAD_PATH=reference|legacy|current LOAD_ARGS="--webhooks"
+# The path variable is LOAD_PATH, not PATH: PATH is the shell's search path, and overriding it breaks make.
+ifeq ($(origin PATH),command line)
+$(error PATH=$(PATH) would replace the shell's search path; make load takes LOAD_PATH=reference|legacy|current)
+endif
+SCENARIO  ?= concurrent
+LOAD_PATH ?= current
+LOAD_ARGS ?=
+load: install
+	$(VENV)/bin/locust -f loadtests/locustfile.py --headless --scenario $(SCENARIO) --path $(LOAD_PATH) $(LOAD_ARGS)

@@ -122,6 +122,9 @@ class Settings:
     temporal_external_storage: bool = False
     temporal_external_storage_threshold: int = 256 * 1024
 
+    # Where load runs are recorded (loadtests/locustfile.py writes, notebook 06 reads).
+    load_report_root: Path = REPO_ROOT / "reports" / "load"
+
     # Derived URLs -------------------------------------------------------------------------
     @property
     def api_url(self) -> str:
