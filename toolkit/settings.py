@@ -105,6 +105,9 @@ class Settings:
     worker_max_concurrent_activities: int = 50
     # How long the API waits for Temporal to start a workflow before it asks whether the start landed.
     api_start_timeout_s: float = 15.0
+    # Abuse limit: a request body that sends nothing for this long is refused with 408 (a slow client
+    # would otherwise hold a connection and its partial body for as long as it likes).
+    body_idle_timeout_s: float = 30.0
     # Abuse limit: batches one user may have pending or processing at once (0 = no limit).
     max_batches_in_flight: int = 20
     # Where a worker serves Temporal SDK metrics for Prometheus (0 = off; `toolkit stack up` picks one).

@@ -2,15 +2,17 @@
 
 FastAPI would read a declared body model whole before any check, so the route reads the stream
 itself: a declared ``Content-Length`` over the cap is refused before one byte is read, and a body
-without one (chunked) is refused as soon as it outgrows the cap. Only then is it parsed.
+without one (chunked) is refused as soon as it outgrows the cap. Only then is it parsed. A body that
+stops arriving for ``BODY_IDLE_TIMEOUT_S`` is refused with 408 (slow clients).
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ import anyio
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from toolkit.api.errors import ApiError, PayloadTooLarge, RequestInvalid, UnsupportedMediaType
+from toolkit.api.errors import ApiError, PayloadTooLarge, RequestInvalid, RequestTimeout, UnsupportedMediaType
 from toolkit.api.schemas import MAX_MEMORY_BYTES, BatchRequestIn, MemoryIn
 from toolkit.settings import Settings
 from toolkit.webhooks import WebhookTargetRefused, check_webhook_url
@@ -49,11 +51,22 @@ def _check_headers(request: Request, limit: int) -> None:
         raise PayloadTooLarge(f"request body is {int(declared):,} bytes; the limit is {limit:,} bytes")
 
 
-async def read_capped_body(request: Request, limit: int) -> bytearray:
+async def next_piece(stream: AsyncIterator[bytes], idle_timeout_s: float) -> bytes | None:
+    """The next piece of a request body, None at its end; 408 when nothing comes for ``idle_timeout_s``."""
+    try:
+        return await asyncio.wait_for(stream.__anext__(), idle_timeout_s)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        raise RequestTimeout(idle_timeout_s) from None
+
+
+async def read_capped_body(request: Request, limit: int, idle_timeout_s: float) -> bytearray:
     """The raw body, refused with 413 the moment it exceeds ``limit`` bytes (never held whole)."""
     _check_headers(request, limit)
     body = bytearray()
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while (chunk := await next_piece(stream, idle_timeout_s)) is not None:
         if len(body) + len(chunk) > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit:,} bytes")
         body += chunk
@@ -133,7 +146,7 @@ async def check_webhook(url: str, settings: Settings) -> None:
 
 
 async def read_batch(request: Request, settings: Settings) -> BatchRequestIn:
-    raw = await read_capped_body(request, max_body_bytes(settings))
+    raw = await read_capped_body(request, max_body_bytes(settings), settings.body_idle_timeout_s)
     if len(raw) < THREAD_PARSE_THRESHOLD:
         batch = parse_batch(raw, settings)
     else:
@@ -191,8 +204,9 @@ class StreamedBatch:
 class _Text:
     """The body as text, decoded as it arrives, capped at ``limit`` bytes."""
 
-    def __init__(self, request: Request, limit: int) -> None:
+    def __init__(self, request: Request, limit: int, idle_timeout_s: float) -> None:
         self._stream = request.stream().__aiter__()
+        self._idle_timeout_s = idle_timeout_s
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
         self._limit = limit
         self.bytes_read = 0
@@ -204,9 +218,8 @@ class _Text:
     async def more(self) -> None:
         """Append the next piece of the body (or reach its end)."""
         while not self.eof:
-            try:
-                piece = await self._stream.__anext__()
-            except StopAsyncIteration:
+            piece = await next_piece(self._stream, self._idle_timeout_s)
+            if piece is None:
                 self.eof = True
                 piece = b""
             if self.bytes_read + len(piece) > self._limit:
@@ -284,7 +297,7 @@ class _BatchStream:
     """Walks ``{"memories": [...], ...}`` as it arrives; see the section comment above."""
 
     def __init__(self, request: Request, settings: Settings, sink: MemorySink) -> None:
-        self.text = _Text(request, max_body_bytes(settings))
+        self.text = _Text(request, max_body_bytes(settings), settings.body_idle_timeout_s)
         self.settings = settings
         self.sink = sink
         self.options: dict[str, Any] = {}

@@ -33,6 +33,17 @@ class BatchNotFound(ApiError):
         super().__init__("batch not found")
 
 
+class RequestTimeout(ApiError):
+    """The client stopped sending its body part-way."""
+
+    status_code = 408
+
+    def __init__(self, idle_s: float) -> None:
+        super().__init__(
+            f"request body stalled: nothing received for {idle_s:g} s", headers={"Connection": "close"}
+        )
+
+
 class IdempotencyConflict(ApiError):
     status_code = 409
 

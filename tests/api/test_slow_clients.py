@@ -1,0 +1,54 @@
+"""A client that stops sending its body part-way is refused with 408, and nothing is stored."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from toolkit.parse import ParseClient
+from toolkit.parse.schema import BATCH_MEMORY_REQUEST
+from toolkit.users import ParseUser
+
+if TYPE_CHECKING:
+    from tests.api.conftest import ApiServer
+
+IDLE_TIMEOUT_S = 1.0
+
+
+async def _stalled_submit(url: str, token: str) -> bytes:
+    """Send the headers and the start of a body, then nothing; return the answer (the client waits 30 s)."""
+    address = urlsplit(url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    head = (
+        "POST /v1/memory/batch HTTP/1.1\r\n"
+        f"Host: {address.netloc}\r\n"
+        f"X-Parse-Session-Token: {token}\r\n"
+        "Content-Type: application/json\r\n"
+        "Content-Length: 100000\r\n\r\n"
+    )
+    writer.write(head.encode() + b'{"memories": [{"content": "the start of a')
+    await writer.drain()
+    try:
+        answer = await asyncio.wait_for(reader.read(4096), timeout=30)
+    finally:
+        writer.close()
+    return answer
+
+
+async def test_a_stalled_body_is_refused_with_408_and_stores_nothing(
+    start_api: Callable[..., ApiServer], user: ParseUser, parse: ParseClient
+) -> None:
+    api = start_api(BODY_IDLE_TIMEOUT_S=str(IDLE_TIMEOUT_S))
+    answer = await _stalled_submit(api.url, user.session_token)
+
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert status_line.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"request body stalled" in answer
+    stored = await parse.find(
+        BATCH_MEMORY_REQUEST,
+        {"user": {"__type": "Pointer", "className": "_User", "objectId": user.object_id}},
+        master=True,
+    )
+    assert stored == []
