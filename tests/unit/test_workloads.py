@@ -7,7 +7,14 @@ import gzip
 import pytest
 
 from toolkit.parse.models import MemoryItem
-from toolkit.workloads import WORKLOADS, _conversations, chitchat_memories, make_memories, synthetic_memories
+from toolkit.workloads import (
+    WORKLOADS,
+    _conversations,
+    chatterbot_memories,
+    chitchat_memories,
+    make_memories,
+    synthetic_memories,
+)
 
 
 def test_chitchat_is_deterministic_per_seed() -> None:
@@ -107,10 +114,11 @@ def test_synthetic_refuses_empty_content() -> None:
 
 
 def test_make_memories() -> None:
-    assert set(WORKLOADS) == {"chitchat", "synthetic"}
+    assert set(WORKLOADS) == {"chatterbot", "chitchat", "synthetic"}
     assert make_memories("chitchat", 10) == chitchat_memories(10)
+    assert make_memories("chatterbot", 10, seed=2) == chatterbot_memories(10, seed=2)
     assert make_memories("synthetic", 10, content_bytes=64, seed=4) == synthetic_memories(
         10, content_bytes=64, seed=4
     )
-    with pytest.raises(ValueError, match="chitchat, synthetic"):
+    with pytest.raises(ValueError, match="chatterbot, chitchat, synthetic"):
         make_memories("nope", 10)

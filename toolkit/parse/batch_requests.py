@@ -114,6 +114,16 @@ class BatchFileError(Exception):
 # ---- create ----------------------------------------------------------------------------------------
 
 
+def _validate_ids(**ids: str | None) -> None:
+    """Refuse ids that are not plain object ids; the error names the argument."""
+    for name, value in ids.items():
+        if value is not None:
+            try:
+                validate_object_id(value)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+
+
 def _batch_file_name(batch_id: str) -> str:
     return f"{batch_id}.json.gz"
 
@@ -152,17 +162,9 @@ async def create_batch_memory_request_in_parse(
         raise ValueError("a batch needs at least one memory")
     # batchId becomes part of the file name, the others become pointers: refuse anything path-like.
     validate_object_id(batch_id)
-    for name, value in (
-        ("user_id", user_id),
-        ("organization_id", organization_id),
-        ("namespace_id", namespace_id),
-        ("workspace_id", workspace_id),
-    ):
-        if value is not None:
-            try:
-                validate_object_id(value)
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
+    _validate_ids(
+        user_id=user_id, organization_id=organization_id, namespace_id=namespace_id, workspace_id=workspace_id
+    )
     items = [m if isinstance(m, MemoryItem) else MemoryItem.model_validate(m) for m in memories]
     plain = [m.model_dump(mode="json") for m in items]
 
@@ -841,18 +843,13 @@ async def create_chunked_batch_memory_request(
     """
     if len(chunks) < 2:
         raise ValueError("a chunked batch has at least two chunks")
-    for name, value in (
-        ("batch_id", batch_id),
-        ("user_id", user_id),
-        ("organization_id", organization_id),
-        ("namespace_id", namespace_id),
-        ("workspace_id", workspace_id),
-    ):
-        if value is not None:
-            try:
-                validate_object_id(value)
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
+    _validate_ids(
+        batch_id=batch_id,
+        user_id=user_id,
+        organization_id=organization_id,
+        namespace_id=namespace_id,
+        workspace_id=workspace_id,
+    )
     total = sum(chunk.memory_count for chunk in chunks)
     raw_size = sum(chunk.raw_size for chunk in chunks)
     compressed_size = sum(chunk.compressed_size for chunk in chunks)
