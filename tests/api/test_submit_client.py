@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import stat
 import uuid
@@ -23,6 +24,7 @@ from toolkit.submit import (
     submit_batch,
     wait_for_batch,
 )
+from toolkit.temporal_client import connect
 from toolkit.users import ParseUser
 from toolkit.workloads import chitchat_memories
 
@@ -90,15 +92,29 @@ async def test_api_errors_become_api_call_failed(api: ApiServer, user: ParseUser
     assert missing.value.status_code == 404
 
 
-async def test_wait_gives_up_after_its_timeout(start_api: Callable[..., ApiServer], user: ParseUser) -> None:
+async def _terminate(settings: Settings, workflow_id: str) -> None:
+    temporal = await connect(settings)
+    await temporal.get_workflow_handle(workflow_id).terminate(reason="test: nobody polls its task queue")
+
+
+def test_wait_gives_up_after_its_timeout(start_api: Callable[..., ApiServer], user: ParseUser) -> None:
     # Nobody polls this task queue, so the batch stays pending.
     idle = start_api(TEMPORAL_TASK_QUEUE=f"nobody-{uuid.uuid4().hex[:8]}")
     accepted = submit_batch(idle.settings, memories=chitchat_memories(2), session_token=user.session_token)
     seen: list[dict[str, object]] = []
-    with pytest.raises(BatchWaitTimeout) as timeout:
-        wait_for_batch(
-            idle.settings, accepted["batch_id"], user.session_token, timeout_s=1.0, on_progress=seen.append
-        )
+    try:
+        with pytest.raises(BatchWaitTimeout) as timeout:
+            wait_for_batch(
+                idle.settings,
+                accepted["batch_id"],
+                user.session_token,
+                timeout_s=1.0,
+                on_progress=seen.append,
+            )
+    finally:
+        # Its workflow would stay Running for ever on the shared stack (and fail the runbook notebook's
+        # "no legacy workflow running" check later in the suite).
+        asyncio.run(_terminate(idle.settings, accepted["workflow_id"]))
     assert timeout.value.last["status"] == "pending"
     assert seen and all(s["status"] == "pending" for s in seen)
 
