@@ -112,19 +112,29 @@ async def store_and_start(
     webhook_url: str | None = None,
     webhook_secret: str | None = None,
 ) -> SubmittedBatch:
-    """Store ``memories`` as a new batch of ``user`` and start its workflow on ``settings``' task queue."""
+    """Store ``memories`` as a new batch of ``user`` and start its workflow on ``settings``' task queue.
+
+    As the API does, a reference batch of more than ``settings.batch_chunk_memories`` memories (or
+    more than ``settings.batch_chunk_max_bytes`` of JSON) is stored as chunk files, so a measurement
+    of a big batch measures the chunked workflow a big submission runs.
+    """
     items = [MemoryItem.model_validate(m) for m in memories]
     batch_id = uuid.uuid4().hex
-    request_id = await store.create_batch_memory_request_in_parse(
-        parse,
-        settings,
-        batch_id=batch_id,
-        user_id=user.object_id,
-        memories=items,
-        storage="legacy" if legacy else "reference",
-        webhook_url=webhook_url,
-        webhook_secret=webhook_secret,
-    )
+    if not legacy and _needs_chunks(items, settings):
+        request_id = await _store_chunked(
+            parse, settings, user, batch_id, items, webhook_url=webhook_url, webhook_secret=webhook_secret
+        )
+    else:
+        request_id = await store.create_batch_memory_request_in_parse(
+            parse,
+            settings,
+            batch_id=batch_id,
+            user_id=user.object_id,
+            memories=items,
+            storage="legacy" if legacy else "reference",
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
+        )
     if legacy:
         workflow_id = await start_legacy_batch_workflow(
             temporal,
@@ -142,3 +152,40 @@ async def store_and_start(
     return SubmittedBatch(
         request_id, batch_id, temporal.get_workflow_handle(workflow_id, result_type=BatchSummary)
     )
+
+
+def _needs_chunks(items: Sequence[MemoryItem], settings: Settings) -> bool:
+    if len(items) > settings.batch_chunk_memories:
+        return True
+    # The API's estimate of a batch's JSON (content plus a framing allowance), for the same decision.
+    return sum(len(item.content) + 256 for item in items) > settings.batch_chunk_max_bytes
+
+
+async def _store_chunked(
+    parse: ParseClient,
+    settings: Settings,
+    user: ParseUser,
+    batch_id: str,
+    items: Sequence[MemoryItem],
+    *,
+    webhook_url: str | None,
+    webhook_secret: str | None,
+) -> str:
+    """Upload ``items`` as chunk files and create their request; no file is left behind on an error."""
+    writer = store.ChunkedBatchWriter(parse, settings, batch_id)
+    try:
+        for item in items:
+            await writer.add(item.model_dump(mode="json"))
+        chunks = await writer.finish()
+        return await store.create_chunked_batch_memory_request(
+            parse,
+            settings,
+            batch_id=batch_id,
+            user_id=user.object_id,
+            chunks=chunks,
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
+        )
+    except Exception:
+        await writer.discard()
+        raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import uuid
@@ -160,3 +161,30 @@ async def _activity_attempts(handle, activity_type: str | None = None) -> list[i
         if e.HasField("activity_task_started_event_attributes")
         and activity_type in (None, scheduled[e.activity_task_started_event_attributes.scheduled_event_id])
     ]
+
+
+async def test_store_and_start_chunks_a_batch_past_the_chunk_size_as_the_api_does(
+    temporal: Client, parse: ParseClient, worker_settings: Settings, worker: None, user: ParseUser
+) -> None:
+    """The bench and notebooks measure big batches through store_and_start: it must take the chunked path."""
+    chunked = dataclasses.replace(worker_settings, batch_chunk_memories=100)
+    batch = await store_and_start(temporal, parse, chunked, user, chitchat_memories(250))
+    summary = await batch.result()
+    assert (summary.status, summary.total, summary.successful) == ("completed", 250, 250)
+    request = await store.fetch_batch_memory_request_from_parse(
+        parse, chunked, batch.request_id, with_memories=False
+    )
+    assert request is not None and request.batch_metadata is not None
+    assert request.batch_data_file is None
+    assert len(request.batch_chunk_files or []) == 3
+    assert request.batch_metadata.chunk_memory_counts == [100, 100, 50]
+    assert await count_memories(parse, batch.batch_id) == 250
+    # One activity per chunk: the history grows by chunks, not by memories.
+    history = await batch.handle.fetch_history()
+    chunk_activities = [
+        e
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "process_batch_chunk"
+    ]
+    assert len(chunk_activities) == 3
