@@ -422,7 +422,24 @@ class BatchActivities:
         request = await self._fetch(data.reference, with_memories=False)
         if request.status in FINISHED_STATUSES:
             return self._summary(request)
-        status = final_status(data.total, data.failed)
+        successful, failed = data.successful, data.failed
+        for gave_up in data.failed_chunks:
+            # The chunk's last attempt may have written part of it: Parse says which memories exist.
+            account = await store.account_failed_chunk(
+                self.parse,
+                request,
+                gave_up.chunk_num,
+                f"chunk {gave_up.chunk_num} gave up after its retries: {gave_up.error}",
+            )
+            log.warning(
+                "batch %s: chunk %d gave up; %d of its memories were written",
+                request.batch_id,
+                gave_up.chunk_num,
+                account.successful,
+            )
+            successful += account.successful
+            failed += account.failed
+        status = final_status(data.total, failed)
         completed_at = _now()
         started_at = request.started_at or completed_at
         await store.update_batch_request_completion(
@@ -431,9 +448,9 @@ class BatchActivities:
             status=status,
             completed_at=completed_at,
             processing_duration_ms=int((completed_at - started_at).total_seconds() * 1000),
-            processed=data.successful + data.failed,
-            successful=data.successful,
-            failed=data.failed,
+            processed=successful + failed,
+            successful=successful,
+            failed=failed,
         )
         if self.settings.cleanup_policy == "on_completion":
             await store.delete_batch_file(self.parse, data.reference.request_id)
@@ -441,8 +458,8 @@ class BatchActivities:
             request.batch_id,
             status,
             data.total,
-            data.successful,
-            data.failed,
+            successful,
+            failed,
             webhook_configured=bool(request.webhook_url),
         )
 

@@ -56,13 +56,26 @@ class ChunkSummary:
 
 
 @dataclass(frozen=True)
+class ChunkFailure:
+    """A chunk whose activity gave up after its retries, and why (ids and error types, no content)."""
+
+    chunk_num: int
+    error: str
+
+
+@dataclass(frozen=True)
 class ChunkedFinalizeInput:
-    """The exact totals of a chunked batch, summed by the workflow from its chunks' results."""
+    """The exact totals of a chunked batch, summed by the workflow from its chunks' results.
+
+    ``failed_chunks`` are not in the sums: finalize counts each one from what Parse holds. Empty in
+    inputs recorded before a chunk failure became ``partial``.
+    """
 
     reference: BatchReference
     total: int
     successful: int
     failed: int
+    failed_chunks: list[ChunkFailure] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

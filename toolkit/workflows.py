@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         BatchReference,
         BatchSummary,
         ChunkedFinalizeInput,
+        ChunkFailure,
         ChunkReference,
         ChunkSummary,
         LegacyBatchInput,
@@ -41,6 +42,10 @@ PROCESS_TIMEOUT = timedelta(hours=2)
 # Runs started before chunked batches (issue 10) never take the chunked branch; new runs that do
 # record this marker, so a replay of either kind of history takes the branch it took live.
 CHUNKED_PATCH = "chunked-batches-v1"
+# A chunk that gives up after its retries makes the batch ``partial`` (the other chunks go on, and
+# finalize counts the failed one from Parse). Runs that recorded a chunk failure before this patch
+# failed the whole batch, and replay that way.
+CHUNK_FAILURE_PATCH = "chunk-failure-partial-v1"
 # A dead worker is noticed after this long, and the retry resumes from the last checkpoint.
 HEARTBEAT_TIMEOUT = timedelta(seconds=20)
 PROCESS_RETRY = RetryPolicy(
@@ -134,16 +139,20 @@ class ProcessBatchMemoryFromRequestWorkflow:
         the task queue may take any chunk, so several workers share one big batch.
         """
         results: list[ChunkSummary] = []
+        failures: list[ChunkFailure] = []
         pending: dict[asyncio.Task[ChunkSummary], int] = {}
 
         async def collect(return_when: str) -> None:
             done, _ = await workflow.wait(list(pending), return_when=return_when)
             for task in done:
-                pending.pop(task)
+                chunk_num = pending.pop(task)
                 try:
                     results.append(task.result())
-                except ActivityError:
-                    # This chunk gave up after its retries: the batch fails; stop the other chunks.
+                except ActivityError as error:
+                    if workflow.patched(CHUNK_FAILURE_PATCH):
+                        # This chunk gave up after its retries: the others go on, the batch is partial.
+                        failures.append(ChunkFailure(chunk_num, _describe(error)))
+                        continue
                     for other in pending:
                         other.cancel()
                     raise
@@ -166,7 +175,7 @@ class ProcessBatchMemoryFromRequestWorkflow:
         failed = sum(r.failed for r in results)
         summary: BatchSummary = await workflow.execute_activity(
             "finalize_chunked_batch",
-            ChunkedFinalizeInput(reference, plan.total, successful, failed),
+            ChunkedFinalizeInput(reference, plan.total, successful, failed, failures),
             result_type=BatchSummary,
             start_to_close_timeout=STEP_TIMEOUT,
             retry_policy=STEP_RETRY,

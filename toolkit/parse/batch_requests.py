@@ -59,11 +59,14 @@ from toolkit.parse.models import (
     to_parse_date,
     validate_object_id,
 )
-from toolkit.parse.schema import BATCH_MEMORY_ERROR, BATCH_MEMORY_REQUEST
+from toolkit.parse.schema import BATCH_MEMORY_ERROR, BATCH_MEMORY_REQUEST, MEMORY
 from toolkit.settings import Settings
 
 __all__ = [
     "MAX_ERROR_CHARS",
+    "ChunkAccount",
+    "account_failed_chunk",
+    "indexes_in_range",
     "MAX_STORED_ERRORS",
     "BatchFileError",
     "ChunkUploads",
@@ -640,6 +643,59 @@ async def find_batch_errors(
         **auth,
     )
     return [BatchError.model_validate(row) for row in rows]
+
+
+async def indexes_in_range(
+    client: ParseClient, class_name: str, batch_id: str, start: int, stop: int, *, page: int = 1000
+) -> set[int]:
+    """The ``index`` values of ``class_name`` objects of ``batch_id`` in ``[start, stop)`` (master key)."""
+    found: set[int] = set()
+    cursor = start
+    while cursor < stop:
+        rows = await client.find(
+            class_name,
+            {"batchId": batch_id, "index": {"$gte": cursor, "$lt": stop}},
+            limit=page,
+            order="index",
+            keys="index",
+            master=True,
+        )
+        found.update(int(row["index"]) for row in rows)
+        if len(rows) < page:
+            break
+        cursor = int(rows[-1]["index"]) + 1
+    return found
+
+
+class ChunkAccount(NamedTuple):
+    successful: int
+    failed: int
+
+
+async def account_failed_chunk(
+    client: ParseClient, request: BatchMemoryRequest, chunk_num: int, reason: str
+) -> ChunkAccount:
+    """Count a chunk that gave up after its retries from what Parse holds, and record what it left undone.
+
+    A memory of the chunk that exists as a ``Memory`` was written (objectIds are deterministic, so
+    each counts once); every other one failed. A memory the writer had already refused keeps its own
+    error; each one never reached gets ``not processed: <reason>``. Reads Parse every time, so a retry
+    of the caller gives the same answer.
+    """
+    assert request.object_id is not None
+    chunk = chunk_of(request, chunk_num)
+    start = chunk.header.first_index
+    stop = start + chunk.memory_count
+    written = await indexes_in_range(client, MEMORY, request.batch_id, start, stop)
+    refused = await indexes_in_range(client, BATCH_MEMORY_ERROR, request.batch_id, start, stop)
+    now = datetime.now(UTC)
+    undone = [
+        BatchError(index=i, error=f"not processed: {reason}"[:500], timestamp=now)
+        for i in range(start, stop)
+        if i not in written and i not in refused
+    ]
+    await append_batch_request_errors(client, request.object_id, undone)
+    return ChunkAccount(len(written), chunk.memory_count - len(written))
 
 
 async def update_batch_request_completion(
