@@ -13,7 +13,7 @@ import asyncio
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -27,6 +27,7 @@ from toolkit.variants import Variant, running
 from toolkit.workloads import make_memories
 
 SUBMIT_TIMEOUT_S = 300.0
+MAX_WORKERS = 8
 
 
 class ScaleOutError(Exception):
@@ -124,12 +125,20 @@ async def measure_scale_out(
     batches: int = 4,
     memories_per_batch: int = 2000,
     workload: str = "chitchat",
+    env: Mapping[str, str] | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> list[ScaleOutRow]:
-    """One row per worker count, the same batches each time; speedups against the first row."""
+    """One row per worker count, the same batches each time; speedups against the first row.
+
+    ``env`` adds settings to the variant's API and workers (e.g. a smaller ``BATCH_CHUNK_MEMORIES``).
+    """
     memories = make_memories(workload, memories_per_batch)
     rows: list[ScaleOutRow] = []
     for count in worker_counts:
-        async with running(settings, [Variant(f"scale{count}", workers=count)]) as [variant]:
+        if echo is not None:
+            echo(f"... {count} worker(s): starting an API and the workers, then submitting")
+        variant_spec = Variant(f"scale{count}", env=dict(env or {}), workers=count)
+        async with running(settings, [variant_spec]) as [variant]:
             seconds, identities, cpu, busy = await _one_run(
                 settings, temporal, session_token, variant.api_url, variant.pids, batches, memories
             )

@@ -1,4 +1,4 @@
-"""Side-by-side code variants for same-run comparisons (``toolkit bench --variant LABEL=CHECKOUT``).
+"""Side-by-side code variants for same-run comparisons (fixed cost before/after, ``toolkit scale-out``).
 
 A variant is an API process and a worker process run from a given checkout of this repository (e.g.
 a ``git worktree`` of the commit before a change), on their own task queue and API port, against

@@ -107,6 +107,12 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     return bench_command(args, settings)
 
 
+def _scale_out(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit.cli.scale_out import scale_out_command
+
+    return scale_out_command(args, settings)
+
+
 def _notebooks(args: argparse.Namespace, settings: Settings) -> int:
     from toolkit.cli.notebooks import notebooks_command
 
@@ -185,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
     p.add_argument("--json", action="store_true", help="also print the rows as JSON")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser(
+        "scale-out", help="the same batches on 1 and N workers: work per worker, speedup, CPU per process"
+    )
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
+    p.add_argument("--batches", type=int, default=1, help="batches submitted at once per worker count")
+    p.add_argument("--memories", type=int, default=20_000, help="memories per batch (chunked past 5,000)")
+    p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
+    p.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    p.set_defaults(func=_scale_out)
 
     p = sub.add_parser("payloads", help="Temporal payloads kept in Parse Files (external storage)")
     p.add_argument("action", choices=["cleanup"])
