@@ -5,6 +5,8 @@ Functions that do I/O are ``async`` (notebooks use top-level ``await``; Locust c
 
 - ``_batches``: :func:`collect_batches`, one row per batch request in a window (Parse + Temporal);
 - ``_sweep``: both paths at several sizes (:func:`run_sweep`), the reduction and its gates;
+- ``_driver``: the legacy path with Temporal external storage on (:func:`run_driver_sweep`), side by side
+  with both paths (:func:`driver_comparison`) and its gates (:func:`driver_gate_failures`);
 - ``_compression``: codec × level × workload × size → ratio and speed, the 5× gate, a recommendation;
 - ``_legacy_limit``: the batch size at which the server refuses a legacy start, found by trying;
 - ``_storage``: Parse storage used by batch files, what cleanup would free, bytes per day;
@@ -22,6 +24,13 @@ from toolkit.metrics._compression import (
     compression_misses,
     compression_table,
     recommend_codec,
+)
+from toolkit.metrics._driver import (
+    DRIVER_COLUMNS,
+    DRIVER_MAX_INPUT_BYTES,
+    driver_comparison,
+    driver_gate_failures,
+    run_driver_sweep,
 )
 from toolkit.metrics._legacy_limit import (
     LegacyFailurePoint,
@@ -43,6 +52,8 @@ __all__ = [
     "COMPRESSION_COLUMNS",
     "DAILY_TARGET_BYTES",
     "DEFAULT_LEVELS",
+    "DRIVER_COLUMNS",
+    "DRIVER_MAX_INPUT_BYTES",
     "LEGACY_RUNNING_QUERY",
     "PAYLOAD_TARGETS",
     "CompressionMiss",
@@ -52,6 +63,8 @@ __all__ = [
     "batch_document",
     "codec_recommendation",
     "collect_batches",
+    "driver_comparison",
+    "driver_gate_failures",
     "compression_misses",
     "compression_table",
     "error_rates",
@@ -63,6 +76,7 @@ __all__ = [
     "payload_reduction",
     "per_period",
     "recommend_codec",
+    "run_driver_sweep",
     "run_sweep",
     "running_legacy_workflows",
     "storage_account",
