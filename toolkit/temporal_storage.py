@@ -572,7 +572,12 @@ async def measure_legacy_with_driver(
         user = await sign_up(parse)
         started = time.perf_counter()
         submitted = await store_and_start(temporal, parse, storing, user, batch, legacy=True)
-        summary = await asyncio.wait_for(submitted.result(), timeout.total_seconds())
+        try:
+            summary = await asyncio.wait_for(submitted.result(), timeout.total_seconds())
+        except TimeoutError:
+            # Never leave a legacy run behind: the runbook's cleanup check counts running ones.
+            await submitted.handle.terminate(reason=f"measurement gave up after {timeout}")
+            raise
         seconds = time.perf_counter() - started
     figures = await measure_history(submitted.handle)
     history = await submitted.handle.fetch_history()

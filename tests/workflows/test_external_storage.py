@@ -376,3 +376,21 @@ async def test_legacy_batch_with_the_driver_keeps_its_input_outside_the_history(
     started = history.events[0].workflow_execution_started_event_attributes
     digest = started.input.payloads[0].data.split(b'"digest":"')[1][:64].decode()
     assert (await _row(parse, digest))["payloadBytes"] == figures.externally_stored_bytes > 1024
+
+
+async def test_a_driver_measurement_that_times_out_terminates_its_legacy_run(
+    temporal: Client, settings: Settings
+) -> None:
+    """Nothing polls this queue: the measurement gives up, and no legacy workflow is left running."""
+    unpolled = dataclasses.replace(settings, temporal_task_queue=f"unpolled-{uuid.uuid4().hex[:10]}")
+    with pytest.raises(TimeoutError):
+        await measure_legacy_with_driver(unpolled, 20, threshold=1024, timeout=timedelta(seconds=1))
+    query = f'TaskQueue="{unpolled.temporal_task_queue}"'
+    for _ in range(50):  # visibility may trail the start by a moment
+        runs = [run async for run in temporal.list_workflows(query)]
+        if runs:
+            break
+        await asyncio.sleep(0.1)
+    assert len(runs) == 1
+    description = await temporal.get_workflow_handle(runs[0].id).describe()
+    assert description.status is not None and description.status.name == "TERMINATED"
