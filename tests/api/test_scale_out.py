@@ -55,11 +55,18 @@ async def test_two_workers_share_one_chunked_batch(
 
 
 def test_scale_out_command_refuses_bad_counts_before_starting_anything(settings: Settings, capsys) -> None:
-    for workers, batches, memories in (([0, 2], 1, 10), ([1, 9], 1, 10), ([1], 0, 10), ([1], 1, 100_001)):
+    cases = (([0, 2], 1, 10, None), ([1, 9], 1, 10, None), ([1], 0, 10, None), ([1], 1, 100_001, None))
+    for workers, batches, memories, slots in (*cases, ([1], 1, 10, 0)):
         args = argparse.Namespace(
-            workers=workers, batches=batches, memories=memories, workload="chitchat", json=False
+            workers=workers,
+            batches=batches,
+            memories=memories,
+            worker_slots=slots,
+            workload="chitchat",
+            json=False,
         )
         assert scale_out_command(args, settings) == 2
     out = capsys.readouterr().out
     assert "--workers takes counts from 1 to 8" in out
     assert "--batches takes 1-100 and --memories 1-100000" in out
+    assert "--worker-slots takes 1 or more, got 0" in out

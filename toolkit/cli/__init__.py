@@ -198,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
     p.add_argument("--batches", type=int, default=1, help="batches submitted at once per worker count")
     p.add_argument("--memories", type=int, default=20_000, help="memories per batch (chunked past 5,000)")
+    p.add_argument(
+        "--worker-slots",
+        type=int,
+        help="activities each worker may run at once (WORKER_MAX_CONCURRENT_ACTIVITIES; default: the "
+        "setting). A worker with free slots is handed the chunks its own workflow task schedules, so "
+        "cap it (e.g. 2) to see one batch's chunks spread over the workers",
+    )
     p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
     p.add_argument("--json", action="store_true", help="also print the rows as JSON")
     p.set_defaults(func=_scale_out)

@@ -23,9 +23,17 @@ def scale_out_command(args: argparse.Namespace, settings: Settings) -> int:
     if not 1 <= args.batches <= 100 or not 1 <= args.memories <= 100_000:
         print("--batches takes 1-100 and --memories 1-100000")
         return 2
+    env: dict[str, str] = {}
+    if args.worker_slots is not None:
+        if args.worker_slots < 1:
+            print(f"--worker-slots takes 1 or more, got {args.worker_slots}")
+            return 2
+        env["WORKER_MAX_CONCURRENT_ACTIVITIES"] = str(args.worker_slots)
     print(
         f"{args.batches} batch(es) of {args.memories:,} {args.workload} memories on "
-        f"{', '.join(map(str, counts))} worker(s); speedups are to the first row of this run"
+        f"{', '.join(map(str, counts))} worker(s)"
+        + (f" of {args.worker_slots} activity slot(s) each" if args.worker_slots else "")
+        + "; speedups are to the first row of this run"
     )
 
     async def run() -> list:
@@ -40,6 +48,7 @@ def scale_out_command(args: argparse.Namespace, settings: Settings) -> int:
             batches=args.batches,
             memories_per_batch=args.memories,
             workload=args.workload,
+            env=env,
             echo=print,
         )
 
