@@ -7,6 +7,7 @@ ceiling for this machine. Every figure is printed beside its ratio to that basel
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 import uuid
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from toolkit.workloads import make_memories
 DEFAULT_SIZES = (10, 100, 1000)
 # 100,000 needs chunked batches (MAX_BATCH_MEMORIES) on the stack; the sizes between are accepted as given.
 MAX_SIZE = 100_000
+MAX_REPEAT = 10
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,20 @@ class BenchRow:
     workers: int | None = None  # worker processes of the stack (pid files) during the row
     worker_peak_rss_mb: float | None = None  # highest VmHWM of those workers over this row
     api_peak_rss_mb: float | None = None  # the stack API's VmHWM over this row
+    repeat: int = 0  # which repetition of its size this row belongs to (``run_bench(repeat=N)``)
+
+
+@dataclass(frozen=True)
+class RatioSummary:
+    """One path at one size over every repetition of a run: the spread of its ratio to the baseline."""
+
+    workload: str
+    memories: int
+    path: str
+    runs: int
+    median: float
+    low: float
+    high: float
 
 
 async def _baseline(
@@ -99,9 +115,14 @@ async def run_bench(
     echo=print,
     fixed_cost_runs: int = 0,
     fixed_cost_echo=None,
+    repeat: int = 1,
     **workload_options: int,
 ) -> list[BenchRow]:
     """Run the baseline and each path for each size, on the stack's worker(s); return the rows.
+
+    With ``repeat`` > 1 each size is measured that many times, baseline and paths taking turns, so
+    a burst of load from elsewhere on the machine lands on both; :func:`summarize_ratios` gives the
+    median and the spread of each ratio. On a busy 2-core machine one run's ratio moves by ±0.1.
 
     Sizes up to :data:`MAX_SIZE` (10,000 and 100,000 included; the defaults stay quick). Each row
     carries the stack's worker count and the peak RSS of its workers and API during that row. With
@@ -111,13 +132,15 @@ async def run_bench(
     for size in sizes:
         if not 1 <= size <= MAX_SIZE:
             raise ValueError(f"bench sizes must be 1..{MAX_SIZE:,}, got {size:,}")
+    if not 1 <= repeat <= MAX_REPEAT:
+        raise ValueError(f"bench repeat must be 1..{MAX_REPEAT}, got {repeat}")
     temporal = await connect(settings)
     rows: list[BenchRow] = []
     async with ParseClient(settings) as parse:
         user = await sign_up(parse)
         if fixed_cost_runs > 0:
             await _fixed_cost(settings, user, temporal, fixed_cost_runs, echo, fixed_cost_echo)
-        for size in sizes:
+        for size, rep in ((size, rep) for size in sizes for rep in range(repeat)):
             window = _PeakWindow(settings)
             memories = make_memories(workload, size, **workload_options)
             encoded = encode_memories(memories, level=settings.gzip_level)
@@ -134,6 +157,7 @@ async def run_bench(
                     ok / size,
                     raw_bytes=encoded.raw_size,
                     compressed_bytes=encoded.compressed_size,
+                    repeat=rep,
                 )
             )
             rows[-1] = window.apply(rows[-1])
@@ -155,9 +179,30 @@ async def run_bench(
                         0.0,
                         error=f"{type(exc).__name__}: {str(exc)[:200]}",
                     )
-                rows.append(window.apply(row))
+                rows.append(window.apply(dataclasses.replace(row, repeat=rep)))
                 echo(_format(rows[-1]))
     return rows
+
+
+def summarize_ratios(rows: Sequence[BenchRow]) -> list[RatioSummary]:
+    """Median, lowest and highest ratio to the baseline per (size, path), failed rows left out."""
+    groups: dict[tuple[str, int, str], list[float]] = {}
+    for row in rows:
+        if row.path != "baseline" and row.error is None:
+            groups.setdefault((row.workload, row.memories, row.path), []).append(row.vs_baseline)
+    return [
+        RatioSummary(
+            workload, memories, path, len(ratios), statistics.median(ratios), min(ratios), max(ratios)
+        )
+        for (workload, memories, path), ratios in groups.items()
+    ]
+
+
+def format_ratio_summary(summary: RatioSummary) -> str:
+    return (
+        f"{summary.workload:<9} {summary.memories:>6} {summary.path:<9} ÷ baseline: median "
+        f"{summary.median:.2f}x (lowest {summary.low:.2f}x, highest {summary.high:.2f}x, {summary.runs} runs)"
+    )
 
 
 async def _fixed_cost(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from toolkit import procstats
-from toolkit.bench import run_bench
+from toolkit.bench import format_ratio_summary, run_bench, summarize_ratios
 from toolkit.settings import Settings
 
 
@@ -54,3 +54,35 @@ async def test_bench_rows_name_the_workers_and_their_peak_memory(
 async def test_bench_refuses_sizes_past_its_range_before_doing_anything(worker_settings: Settings) -> None:
     with pytest.raises(ValueError, match="1..100,000"):
         await run_bench(worker_settings, sizes=(10, 100_001), echo=print)
+
+
+async def test_repeated_bench_takes_turns_and_summarizes_each_ratio(
+    worker_settings: Settings, worker: None
+) -> None:
+    rows = await run_bench(worker_settings, sizes=(10, 20), paths=("reference",), repeat=2, echo=print)
+    # Each size measured twice, the baseline before the path each time.
+    assert [(r.memories, r.repeat, r.path) for r in rows] == [
+        (10, 0, "baseline"),
+        (10, 0, "reference"),
+        (10, 1, "baseline"),
+        (10, 1, "reference"),
+        (20, 0, "baseline"),
+        (20, 0, "reference"),
+        (20, 1, "baseline"),
+        (20, 1, "reference"),
+    ]
+    # Each reference row's ratio is to the baseline of its own turn.
+    for baseline, reference in zip(rows[::2], rows[1::2], strict=True):
+        assert reference.vs_baseline == reference.memories_per_s / baseline.memories_per_s
+    summaries = {(s.memories, s.path): s for s in summarize_ratios(rows)}
+    assert set(summaries) == {(10, "reference"), (20, "reference")}
+    for (size, _), summary in summaries.items():
+        ratios = sorted(r.vs_baseline for r in rows if r.memories == size and r.path == "reference")
+        assert (summary.runs, summary.low, summary.high) == (2, ratios[0], ratios[1])
+        assert summary.low <= summary.median <= summary.high
+        assert "median" in format_ratio_summary(summary) and "2 runs" in format_ratio_summary(summary)
+
+
+async def test_bench_refuses_a_repeat_past_its_range(worker_settings: Settings) -> None:
+    with pytest.raises(ValueError, match="repeat must be 1..10"):
+        await run_bench(worker_settings, sizes=(10,), repeat=11, echo=print)

@@ -188,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=["reference", "legacy"],
         help="paths beside the baseline (the legacy fan-out takes minutes past 1,000 memories)",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each size this many times (1-10), baseline and paths taking turns, and print "
+        "each ratio's median and spread",
+    )
     p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
     p.add_argument("--json", action="store_true", help="also print the rows as JSON")
     p.set_defaults(func=_bench)

@@ -7,11 +7,14 @@ import asyncio
 import json
 from dataclasses import asdict
 
-from toolkit.bench import run_bench
+from toolkit.bench import MAX_REPEAT, format_ratio_summary, run_bench, summarize_ratios
 from toolkit.settings import Settings
 
 
 def bench_command(args: argparse.Namespace, settings: Settings) -> int:
+    if not 1 <= args.repeat <= MAX_REPEAT:
+        print(f"--repeat takes 1-{MAX_REPEAT}, got {args.repeat}")
+        return 2
     print("(ratios are to the baseline measured in this run; absolute times depend on this machine's load)")
     rows = asyncio.run(
         run_bench(
@@ -20,8 +23,13 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
             workload=args.workload,
             paths=args.paths,
             fixed_cost_runs=args.fixed_cost_runs,
+            repeat=args.repeat,
         )
     )
+    if args.repeat > 1:
+        print(f"-- over {args.repeat} runs of each size (baseline and paths taking turns):")
+        for summary in summarize_ratios(rows):
+            print(format_ratio_summary(summary))
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     return 0
