@@ -66,6 +66,8 @@ __all__ = [
     "MAX_ERROR_CHARS",
     "ChunkAccount",
     "account_failed_chunk",
+    "exceeds_one_chunk",
+    "memory_json_estimate",
     "indexes_in_range",
     "MAX_STORED_ERRORS",
     "BatchFileError",
@@ -198,14 +200,8 @@ async def create_batch_memory_request_in_parse(
     )
 
     # Built (and so validated) before the upload: a bad field must not leave a file behind.
-    request = BatchMemoryRequest(
-        batch_id=batch_id,
-        request_id=batch_id,
-        user=user_id,
-        organization=organization_id,
-        namespace=namespace_id,
-        workspace=workspace_id,
-        batch_metadata=BatchMetadata(
+    body = _pending_request_body(
+        BatchMetadata(
             memory_count=len(items),
             total_size_bytes=raw_size,
             compressed_size_bytes=compressed_size,
@@ -217,21 +213,16 @@ async def create_batch_memory_request_in_parse(
             created_at=_now(),
             storage=storage,
         ),
-        status="pending",
-        total_memories=len(items),
-        processed_count=0,
-        success_count=0,
-        fail_count=0,
-        errors=[],
-        error_count=0,
+        batch_id=batch_id,
+        user_id=user_id,
+        organization_id=organization_id,
+        namespace_id=namespace_id,
+        workspace_id=workspace_id,
         webhook_url=webhook_url,
         webhook_secret=webhook_secret,
-        webhook_sent=False,
         idempotency_key=idempotency_key,
-        # Known before the start (it is derived from batchId): stored now, it saves a write later.
         workflow_id=workflow_id,
     )
-    body = {**request.to_parse(), "ACL": batch_acl(user_id, organization_id)}
 
     uploaded: ParseFile | None = None
     if encoded is not None:
@@ -260,6 +251,50 @@ async def create_batch_memory_request_in_parse(
         raise
     object_id: str = created["objectId"]
     return object_id
+
+
+def _pending_request_body(
+    metadata: BatchMetadata,
+    *,
+    batch_id: str,
+    user_id: str,
+    organization_id: str | None,
+    namespace_id: str | None,
+    workspace_id: str | None,
+    webhook_url: str | None,
+    webhook_secret: str | None,
+    idempotency_key: str | None,
+    workflow_id: str | None,
+    batch_chunk_files: list[ParseFile] | None = None,
+) -> dict[str, Any]:
+    """The Parse body of a new ``pending`` request (single-file or chunked), with its ACL.
+
+    Counters start at zero, ``errorCount`` included. ``workflow_id`` is known before the start (it is
+    derived from the batch id): stored now, it saves a write later.
+    """
+    request = BatchMemoryRequest(
+        batch_id=batch_id,
+        request_id=batch_id,
+        user=user_id,
+        organization=organization_id,
+        namespace=namespace_id,
+        workspace=workspace_id,
+        batch_chunk_files=batch_chunk_files,
+        batch_metadata=metadata,
+        status="pending",
+        total_memories=metadata.memory_count,
+        processed_count=0,
+        success_count=0,
+        fail_count=0,
+        errors=[],
+        error_count=0,
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+        webhook_sent=False,
+        idempotency_key=idempotency_key,
+        workflow_id=workflow_id,
+    )
+    return {**request.to_parse(), "ACL": batch_acl(user_id, organization_id)}
 
 
 async def _find_created_despite_error(
@@ -909,15 +944,8 @@ async def create_chunked_batch_memory_request(
     total = sum(chunk.memory_count for chunk in chunks)
     raw_size = sum(chunk.raw_size for chunk in chunks)
     compressed_size = sum(chunk.compressed_size for chunk in chunks)
-    request = BatchMemoryRequest(
-        batch_id=batch_id,
-        request_id=batch_id,
-        user=user_id,
-        organization=organization_id,
-        namespace=namespace_id,
-        workspace=workspace_id,
-        batch_chunk_files=[chunk.file for chunk in chunks],
-        batch_metadata=BatchMetadata(
+    body = _pending_request_body(
+        BatchMetadata(
             memory_count=total,
             total_size_bytes=raw_size,
             compressed_size_bytes=compressed_size,
@@ -932,19 +960,17 @@ async def create_chunked_batch_memory_request(
             created_at=_now(),
             storage="reference",
         ),
-        status="pending",
-        total_memories=total,
-        processed_count=0,
-        success_count=0,
-        fail_count=0,
-        errors=[],
+        batch_id=batch_id,
+        user_id=user_id,
+        organization_id=organization_id,
+        namespace_id=namespace_id,
+        workspace_id=workspace_id,
         webhook_url=webhook_url,
         webhook_secret=webhook_secret,
-        webhook_sent=False,
         idempotency_key=idempotency_key,
         workflow_id=workflow_id,
+        batch_chunk_files=[chunk.file for chunk in chunks],
     )
-    body = {**request.to_parse(), "ACL": batch_acl(user_id, organization_id)}
     log.info(
         "batch %s: %d memories in %d chunks, %d raw bytes -> %d stored bytes (%s)",
         batch_id,
@@ -962,6 +988,20 @@ async def create_chunked_batch_memory_request(
             return existing
         raise
     return str(created["objectId"])
+
+
+# A memory's JSON estimated from its content plus a framing allowance (fields, quotes, escapes): good
+# enough for a cap, and known without encoding anything.
+CHUNK_FRAMING_ALLOWANCE = 256
+
+
+def memory_json_estimate(content: str) -> int:
+    return len(content) + CHUNK_FRAMING_ALLOWANCE
+
+
+def exceeds_one_chunk(memories: int, json_estimate: int, settings: Settings) -> bool:
+    """Whether a batch this big (count, estimated JSON bytes) is stored as chunk files, not one file."""
+    return memories > settings.batch_chunk_memories or json_estimate > settings.batch_chunk_max_bytes
 
 
 @dataclass(frozen=True)
