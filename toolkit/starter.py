@@ -120,7 +120,9 @@ async def store_and_start(
     """
     items = [MemoryItem.model_validate(m) for m in memories]
     batch_id = uuid.uuid4().hex
-    if not legacy and _needs_chunks(items, settings):
+    if not legacy and store.exceeds_one_chunk(
+        len(items), sum(store.memory_json_estimate(item.content) for item in items), settings
+    ):
         request_id = await _store_chunked(
             parse, settings, user, batch_id, items, webhook_url=webhook_url, webhook_secret=webhook_secret
         )
@@ -152,13 +154,6 @@ async def store_and_start(
     return SubmittedBatch(
         request_id, batch_id, temporal.get_workflow_handle(workflow_id, result_type=BatchSummary)
     )
-
-
-def _needs_chunks(items: Sequence[MemoryItem], settings: Settings) -> bool:
-    if len(items) > settings.batch_chunk_memories:
-        return True
-    # The API's estimate of a batch's JSON (content plus a framing allowance), for the same decision.
-    return sum(len(item.content) + 256 for item in items) > settings.batch_chunk_max_bytes
 
 
 async def _store_chunked(

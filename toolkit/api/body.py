@@ -22,6 +22,7 @@ from starlette.requests import Request
 
 from toolkit.api.errors import ApiError, PayloadTooLarge, RequestInvalid, RequestTimeout, UnsupportedMediaType
 from toolkit.api.schemas import MAX_MEMORY_BYTES, BatchRequestIn, MemoryIn
+from toolkit.parse.batch_requests import exceeds_one_chunk, memory_json_estimate
 from toolkit.settings import Settings
 from toolkit.webhooks import WebhookTargetRefused, check_webhook_url
 
@@ -413,12 +414,8 @@ class _BatchStream:
             await self.sink.add(memory)
             return
         self.first.append(memory)
-        # The memory's content plus a framing allowance: an estimate of its JSON, good for a cap.
-        self.first_bytes += len(memory.content) + 256
-        if (
-            len(self.first) > self.settings.batch_chunk_memories
-            or self.first_bytes > self.settings.batch_chunk_max_bytes
-        ):
+        self.first_bytes += memory_json_estimate(memory.content)
+        if exceeds_one_chunk(len(self.first), self.first_bytes, self.settings):
             self.overflowed = True
             first, self.first = self.first, []
             await self.sink.overflow(first)
