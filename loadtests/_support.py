@@ -37,6 +37,7 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter, calculate_re
 from toolkit import load_record as record
 from toolkit.metrics import collect_batches
 from toolkit.parse import ParseClient
+from toolkit.parse.models import FINISHED_STATUSES
 from toolkit.rollout import FLAGS_TTL_S, RolloutFlags, read_flags, write_flags
 from toolkit.settings import Settings, load_settings
 from toolkit.users import ParseUser, log_in_or_sign_up
@@ -46,7 +47,7 @@ from toolkit.workloads import make_memories
 T = TypeVar("T")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Parse call would drown Locust's output
 
-FINAL_STATUSES = frozenset({"completed", "partial", "failed"})
+FINAL_STATUSES = frozenset(FINISHED_STATUSES)
 STATUS_NAME = "/v1/batch/[batch_id]/status"  # every status poll is one row in the stats
 SUBMIT_NAME = "/v1/memory/batch"
 POLL_FIRST_S, POLL_MAX_S = 0.25, 2.0  # polling backs off to 2 s: the JOB time is at most ~2 s late

@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu, norm
 
+from toolkit.parse.models import FINISHED_STATUSES
+
 __all__ = [
     "BASELINE",
     "CANARY",
@@ -54,7 +56,8 @@ __all__ = [
 
 CANARY = "reference"
 BASELINE = "legacy"
-FINISHED = ("completed", "partial", "failed")
+# The statuses a batch ends in (the request model's own list).
+FINISHED = FINISHED_STATUSES
 
 Direction = Literal["increase", "decrease", "either"]
 Effect = Literal["ratio", "difference"]

@@ -30,6 +30,8 @@ from typing import Any
 
 import httpx
 
+from toolkit.parse.models import FINISHED_STATUSES
+
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Batch-Signature"
@@ -37,7 +39,7 @@ DELIVERY_ID_HEADER = "X-Batch-Delivery-Id"
 USER_AGENT = "batch-memory-toolkit"
 EVENT_BATCH_COMPLETED = "batch.completed"
 # The final statuses of the one status vocabulary (design §4.2); a completion event carries one of them.
-COMPLETION_STATUSES = frozenset({"completed", "partial", "failed"})
+COMPLETION_STATUSES = frozenset(FINISHED_STATUSES)
 
 _ALLOWED_SCHEMES = frozenset({"http", "https"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from toolkit.parse.models import FINISHED_STATUSES
 from toolkit.settings import Settings
 from toolkit.temporal_client import connect
 from toolkit.workflows import LEGACY_WORKFLOW
@@ -20,7 +21,6 @@ __all__ = [
     "running_legacy_workflows",
 ]
 
-FINISHED = ("completed", "partial", "failed")
 PERIOD_COLUMNS = ["period", "path", "batches", "finished", "success_rate", "p50_ms", "p95_ms"]
 PATH_COLUMNS = [
     "path",
@@ -47,13 +47,11 @@ def per_period(batches: pd.DataFrame, freq: str = "1h") -> pd.DataFrame:
     success_rate, p50_ms, p95_ms.
     """
     if batches.empty:
-        return pd.DataFrame(
-            columns=["period", "path", "batches", "finished", "success_rate", "p50_ms", "p95_ms"]
-        )
+        return pd.DataFrame(columns=PERIOD_COLUMNS)
     frame = batches.assign(
         period=batches.created_at.dt.floor(freq),
         path=_path(batches),
-        finished=batches.status.isin(FINISHED),
+        finished=batches.status.isin(FINISHED_STATUSES),
         ok=batches.status == "completed",
     )
     grouped = frame.groupby(["period", "path"])
@@ -71,20 +69,9 @@ def per_period(batches: pd.DataFrame, freq: str = "1h") -> pd.DataFrame:
 def path_summary(batches: pd.DataFrame) -> pd.DataFrame:
     """One row per path over the whole window: batches, memories, success rate, p50/p95/p99 end to end."""
     if batches.empty:
-        return pd.DataFrame(
-            columns=[
-                "path",
-                "batches",
-                "memories",
-                "success_rate",
-                "p50_ms",
-                "p95_ms",
-                "p99_ms",
-                "memory_error_rate",
-            ]
-        )
+        return pd.DataFrame(columns=PATH_COLUMNS)
     frame = batches.assign(
-        path=_path(batches), finished=batches.status.isin(FINISHED), ok=batches.status == "completed"
+        path=_path(batches), finished=batches.status.isin(FINISHED_STATUSES), ok=batches.status == "completed"
     )
     table = (
         frame.groupby("path")
