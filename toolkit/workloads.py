@@ -7,9 +7,12 @@ deterministic: the same ``(count, seed)`` gives the same memories on every machi
 from __future__ import annotations
 
 import functools
+import itertools
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+_Row = TypeVar("_Row")
 
 __all__ = ["WORKLOADS", "chatterbot_memories", "chitchat_memories", "make_memories", "synthetic_memories"]
 
@@ -39,6 +42,11 @@ def _conversations() -> tuple[tuple[str, tuple[_Message, ...]], ...]:
     return tuple(conversations)
 
 
+def _cycled(rows: Iterable[_Row], count: int) -> Iterator[_Row]:
+    """``count`` rows: ``rows`` in order, then again from the start as often as it takes."""
+    return itertools.islice(itertools.cycle(rows), count)
+
+
 def chitchat_memories(count: int, *, seed: int = 0) -> list[dict[str, Any]]:
     """``count`` real chat messages from the Chit Chat dataset (MIT, ~7,000 conversations), as memories.
 
@@ -57,24 +65,22 @@ def chitchat_memories(count: int, *, seed: int = 0) -> list[dict[str, Any]]:
         return []
     conversations = list(_conversations())
     random.Random(seed).shuffle(conversations)
-    memories: list[dict[str, Any]] = []
-    while True:
-        for conversation_id, messages in conversations:
-            for turn, sender, timestamp, text in messages:
-                memories.append(
-                    {
-                        "content": text,
-                        "type": "text",
-                        "metadata": {
-                            "conversation_id": conversation_id,
-                            "sender": sender,
-                            "timestamp": timestamp,
-                            "turn": turn,
-                        },
-                    }
-                )
-                if len(memories) == count:
-                    return memories
+    messages = (
+        (conversation_id, *message) for conversation_id, messages in conversations for message in messages
+    )
+    return [
+        {
+            "content": text,
+            "type": "text",
+            "metadata": {
+                "conversation_id": conversation_id,
+                "sender": sender,
+                "timestamp": timestamp,
+                "turn": turn,
+            },
+        }
+        for conversation_id, turn, sender, timestamp, text in _cycled(messages, count)
+    ]
 
 
 # Random bytes -> text: about 1 byte in 6 becomes a space, the rest lowercase letters, so the text is
@@ -154,24 +160,20 @@ def chatterbot_memories(count: int, *, seed: int = 0) -> list[dict[str, Any]]:
         by_file.setdefault((line[0], line[1]), []).append(line)
     order = sorted(by_file)
     random.Random(seed).shuffle(order)
-    memories: list[dict[str, Any]] = []
-    while True:
-        for key in order:
-            for language, category, conversation, turn, text in by_file[key]:
-                memories.append(
-                    {
-                        "content": text,
-                        "type": "text",
-                        "metadata": {
-                            "language": language,
-                            "category": category,
-                            "conversation": conversation,
-                            "turn": turn,
-                        },
-                    }
-                )
-                if len(memories) == count:
-                    return memories
+    lines = (line for key in order for line in by_file[key])
+    return [
+        {
+            "content": text,
+            "type": "text",
+            "metadata": {
+                "language": language,
+                "category": category,
+                "conversation": conversation,
+                "turn": turn,
+            },
+        }
+        for language, category, conversation, turn, text in _cycled(lines, count)
+    ]
 
 
 WORKLOADS: dict[str, Callable[..., list[dict[str, Any]]]] = {
