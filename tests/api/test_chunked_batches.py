@@ -10,13 +10,11 @@ front. The peak resident memory (``VmHWM``) of both processes is read from ``/pr
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,6 +25,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
+from tests.worker_process import start_worker_process, wait_until
 from toolkit.api.batches import idempotent_batch_id
 from toolkit.memory_writer import count_memories
 from toolkit.parse import ParseClient
@@ -82,31 +81,6 @@ def vm_hwm_bytes(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmHWM for pid {pid}")
-
-
-def start_worker_process(settings: Settings, log: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
-    ready = log.with_suffix(".ready")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "toolkit", "-v", "worker", "--ready-file", str(ready)],
-        env={
-            **os.environ,
-            "TOOLKIT_STACK_DIR": str(settings.stack_dir),
-            "TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
-            **env,
-        },
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return proc, ready
-
-
-async def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

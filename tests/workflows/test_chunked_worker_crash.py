@@ -12,8 +12,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -23,6 +21,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
+from tests.worker_process import start_worker_process, wait_until
 from toolkit.activities import BatchActivities
 from toolkit.batch_types import BatchReference, BatchSummary
 from toolkit.memory_writer import MemoryWriter, count_memories
@@ -39,35 +38,8 @@ TOTAL = 2000
 CHUNK = 500
 
 
-def start_worker_process(
-    settings: Settings, tmp_path: Path, name: str
-) -> tuple[subprocess.Popen[bytes], Path]:
-    log = tmp_path / f"{name}.log"
-    env = {
-        **os.environ,
-        "TOOLKIT_STACK_DIR": str(settings.stack_dir),
-        "TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
-        # Small, serial writes so the batch takes long enough to be killed in the middle of chunks.
-        "WRITER_BATCH_SIZE": "5",
-        "WRITER_CONCURRENCY": "1",
-        "BATCH_CHUNK_WINDOW": "2",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "toolkit", "-v", "worker", "--ready-file", str(tmp_path / f"{name}.ready")],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return proc, log
-
-
-async def wait_for(predicate, timeout_s: float, what: str) -> None:
-    for _ in range(int(timeout_s / 0.05)):
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+# Small, serial writes so the batch takes long enough to be killed in the middle of chunks.
+SLOW_WRITES = {"WRITER_BATCH_SIZE": "5", "WRITER_CONCURRENCY": "1", "BATCH_CHUNK_WINDOW": "2"}
 
 
 async def store_chunked(
@@ -91,12 +63,12 @@ async def store_chunked(
 async def test_killed_worker_mid_chunked_batch_loses_and_duplicates_nothing(
     temporal: Client, parse: ParseClient, worker_settings: Settings, user: ParseUser, tmp_path: Path
 ) -> None:
-    first, _ = start_worker_process(worker_settings, tmp_path, "first")
+    first, ready = start_worker_process(worker_settings, tmp_path / "first.log", **SLOW_WRITES)
 
     async def first_ready() -> bool:
-        return (tmp_path / "first.ready").exists()
+        return ready.exists()
 
-    await wait_for(first_ready, 60, "the first worker")
+    await wait_until(first_ready, 60, "the first worker")
     request_id, batch_id = await store_chunked(parse, worker_settings, user, TOTAL)
     workflow_id = await start_batch_workflow_with_reference(
         temporal, parse, worker_settings, request_id=request_id, batch_id=batch_id
@@ -115,13 +87,14 @@ async def test_killed_worker_mid_chunked_batch_loses_and_duplicates_nothing(
         # A chunk checkpoint 100 memories past its chunk's start: the kill lands mid-chunk.
         return any(next_index % CHUNK >= 100 for next_index in await chunk_checkpoints())
 
-    await wait_for(inside_a_chunk, 120, "a chunk checkpoint 100 memories into its chunk")
+    await wait_until(inside_a_chunk, 120, "a chunk checkpoint 100 memories into its chunk")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     written_at_kill = await count_memories(parse, batch_id)
     assert 0 < written_at_kill < TOTAL, "the kill must land in the middle of the batch"
 
-    second, second_log = start_worker_process(worker_settings, tmp_path, "second")
+    second_log = tmp_path / "second.log"
+    second, _ = start_worker_process(worker_settings, second_log, **SLOW_WRITES)
     try:
         # A bound, not a timing assertion: on a loaded 2-core box the serial writes take minutes.
         summary = await asyncio.wait_for(handle.result(), timeout=900)

@@ -6,12 +6,11 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from temporalio.client import Client
 
+from tests.worker_process import start_worker_process, wait_until
 from toolkit.memory_writer import count_memories
 from toolkit.parse import ParseClient
 from toolkit.settings import Settings
@@ -19,46 +18,19 @@ from toolkit.starter import store_and_start
 from toolkit.users import ParseUser
 from toolkit.workloads import synthetic_memories
 
-
-def start_worker_process(settings: Settings, tmp_path: Path, name: str) -> tuple[subprocess.Popen, Path]:
-    ready = tmp_path / f"{name}.ready"
-    log = tmp_path / f"{name}.log"
-    env = {
-        **os.environ,
-        "TOOLKIT_STACK_DIR": str(settings.stack_dir),
-        "TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
-        # Small, serial chunks so the batch takes long enough to be killed in the middle.
-        "WRITER_BATCH_SIZE": "5",
-        "WRITER_CONCURRENCY": "1",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "toolkit", "-v", "worker", "--ready-file", str(ready)],
-        env=env,
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return proc, log
-
-
-async def wait_for(predicate, timeout_s: float, what: str) -> None:
-    for _ in range(int(timeout_s / 0.05)):
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+# Small, serial writes so the batch takes long enough to be killed in the middle.
+SLOW_WRITES = {"WRITER_BATCH_SIZE": "5", "WRITER_CONCURRENCY": "1"}
 
 
 async def test_killed_worker_resumes_from_checkpoint_without_loss_or_duplicates(
     temporal: Client, parse: ParseClient, worker_settings: Settings, user: ParseUser, tmp_path: Path
 ) -> None:
-    first, first_log = start_worker_process(worker_settings, tmp_path, "first")
-    ready = tmp_path / "first.ready"
+    first, ready = start_worker_process(worker_settings, tmp_path / "first.log", **SLOW_WRITES)
 
     async def first_ready() -> bool:
         return ready.exists()
 
-    await wait_for(first_ready, 60, "the first worker")
+    await wait_until(first_ready, 60, "the first worker")
 
     batch = await store_and_start(
         temporal, parse, worker_settings, user, synthetic_memories(2000, content_bytes=300)
@@ -74,14 +46,15 @@ async def test_killed_worker_resumes_from_checkpoint_without_loss_or_duplicates(
     async def checkpoint_past_200() -> bool:
         return await checkpoint_on_server() >= 200
 
-    await wait_for(checkpoint_past_200, 60, "a checkpoint past memory 200 on the server")
+    await wait_until(checkpoint_past_200, 60, "a checkpoint past memory 200 on the server")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     checkpoint_at_kill = await checkpoint_on_server()
     written_at_kill = await count_memories(parse, batch.batch_id)
     assert 0 < written_at_kill < 2000, "the kill must land in the middle of the batch"
 
-    second, second_log = start_worker_process(worker_settings, tmp_path, "second")
+    second_log = tmp_path / "second.log"
+    second, _ = start_worker_process(worker_settings, second_log, **SLOW_WRITES)
     try:
         summary = await asyncio.wait_for(batch.result(), timeout=180)
     finally:
