@@ -311,6 +311,40 @@ def api(fault_stack: FaultStack, receiver: Receiver) -> Api:
     return Api(fault_stack.settings, receiver)
 
 
+@dataclass(frozen=True)
+class Trial:
+    """What a fault trial works with: the stack, its API and users, clients and the webhook receiver."""
+
+    stack: FaultStack
+    api: Api
+    users: Users
+    parse: ParseClient
+    temporal: Client
+    receiver: Receiver
+
+    async def settle_and_check(self, batches: list[Batch]) -> None:
+        await settle_and_check(
+            batches,
+            api=self.api,
+            parse=self.parse,
+            temporal=self.temporal,
+            receiver=self.receiver,
+            stack=self.stack,
+        )
+
+
+@pytest.fixture(scope="session")
+def trial(
+    fault_stack: FaultStack,
+    api: Api,
+    users: Users,
+    fault_parse: ParseClient,
+    fault_temporal: Client,
+    receiver: Receiver,
+) -> Trial:
+    return Trial(fault_stack, api, users, fault_parse, fault_temporal, receiver)
+
+
 # ---- what every trial must leave behind ------------------------------------------------------------
 
 

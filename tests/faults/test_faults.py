@@ -18,17 +18,12 @@ import pytest
 from faultkit import (
     SEED,
     SOAK_TRIALS,
-    Api,
     Batch,
-    FaultStack,
-    Receiver,
-    Users,
+    Trial,
     log,
     memories_written,
-    settle_and_check,
     wait_until,
 )
-from temporalio.client import Client
 
 from toolkit.parse import ParseClient
 
@@ -50,198 +45,117 @@ async def _mid_batch(parse: ParseClient, batch: Batch) -> int:
     return written
 
 
-async def test_worker_sigkill_at_random_points(
-    fault_stack: FaultStack,
-    api: Api,
-    users: Users,
-    fault_parse: ParseClient,
-    fault_temporal: Client,
-    receiver: Receiver,
-) -> None:
+async def test_worker_sigkill_at_random_points(trial: Trial) -> None:
     # Reference batches only: a legacy per-memory activity has no heartbeat, so a dead worker is
     # noticed only at its 2-minute start-to-close timeout (the legacy design, measured, not fixed).
     rng = _rng("worker")
     batches = []
-    for trial in range(3):
-        batch = await api.submit(
-            users.reference, rng.choice([150, 300]), f"worker-{trial}", expect="reference"
+    for attempt in range(3):
+        batch = await trial.api.submit(
+            trial.users.reference, rng.choice([150, 300]), f"worker-{attempt}", expect="reference"
         )
         batches.append(batch)
         # A random point: before the activity starts, mid-write, or between processing and webhook.
         await asyncio.sleep(rng.uniform(0.0, 3.0))
-        written = await memories_written(fault_parse, batch)
-        fault_stack.kill("worker")
-        log(f"worker trial {trial}: killed with {written}/{batch.total} memories written")
-        await fault_stack.start_async("worker")
-    await settle_and_check(
-        batches, api=api, parse=fault_parse, temporal=fault_temporal, receiver=receiver, stack=fault_stack
-    )
+        written = await memories_written(trial.parse, batch)
+        trial.stack.kill("worker")
+        log(f"worker trial {attempt}: killed with {written}/{batch.total} memories written")
+        await trial.stack.start_async("worker")
+    await trial.settle_and_check(batches)
 
 
-async def test_parse_killed_mid_batch_and_down_for_30s(
-    fault_stack: FaultStack,
-    api: Api,
-    users: Users,
-    fault_parse: ParseClient,
-    fault_temporal: Client,
-    receiver: Receiver,
-) -> None:
-    reference = await api.submit(users.reference, 400, "parse-down", expect="reference")
-    legacy = await api.submit(users.legacy, 30, "parse-down", expect="legacy")
-    written = await _mid_batch(fault_parse, reference)
-    fault_stack.kill("parse")
+async def test_parse_killed_mid_batch_and_down_for_30s(trial: Trial) -> None:
+    reference = await trial.api.submit(trial.users.reference, 400, "parse-down", expect="reference")
+    legacy = await trial.api.submit(trial.users.legacy, 30, "parse-down", expect="legacy")
+    written = await _mid_batch(trial.parse, reference)
+    trial.stack.kill("parse")
     log(f"parse killed with {written}/{reference.total} memories written; down for 30 s")
     await asyncio.sleep(30)
-    await fault_stack.start_async("parse")
-    await settle_and_check(
-        [reference, legacy],
-        api=api,
-        parse=fault_parse,
-        temporal=fault_temporal,
-        receiver=receiver,
-        stack=fault_stack,
-    )
+    await trial.stack.start_async("parse")
+    await trial.settle_and_check([reference, legacy])
 
 
-async def test_temporal_killed_mid_batch_and_down_for_10s(
-    fault_stack: FaultStack,
-    api: Api,
-    users: Users,
-    fault_parse: ParseClient,
-    fault_temporal: Client,
-    receiver: Receiver,
-) -> None:
+async def test_temporal_killed_mid_batch_and_down_for_10s(trial: Trial) -> None:
     # Reference batches only: a legacy per-memory activity whose completion is lost while the server is
     # down is retried only at its 2-minute start-to-close timeout (measured: the trial took 115 s).
-    reference = await api.submit(users.reference, 400, "temporal-down", expect="reference")
-    second = await api.submit(users.reference, 100, "temporal-down", expect="reference")
-    written = await _mid_batch(fault_parse, reference)
-    fault_stack.kill("temporal")  # its SQLite file stays: the server comes back with every run
+    reference = await trial.api.submit(trial.users.reference, 400, "temporal-down", expect="reference")
+    second = await trial.api.submit(trial.users.reference, 100, "temporal-down", expect="reference")
+    written = await _mid_batch(trial.parse, reference)
+    trial.stack.kill("temporal")  # its SQLite file stays: the server comes back with every run
     log(f"temporal killed with {written}/{reference.total} memories written; down for 10 s")
     await asyncio.sleep(10)
-    await fault_stack.start_async("temporal")
-    await settle_and_check(
-        [reference, second],
-        api=api,
-        parse=fault_parse,
-        temporal=fault_temporal,
-        receiver=receiver,
-        stack=fault_stack,
-    )
-    assert all(fault_stack.alive().values()), f"a part died with Temporal: {fault_stack.alive()}"
+    await trial.stack.start_async("temporal")
+    await trial.settle_and_check([reference, second])
+    assert all(trial.stack.alive().values()), f"a part died with Temporal: {trial.stack.alive()}"
 
 
-async def test_postgres_killed_mid_batch(
-    fault_stack: FaultStack,
-    api: Api,
-    users: Users,
-    fault_parse: ParseClient,
-    fault_temporal: Client,
-    receiver: Receiver,
-) -> None:
-    reference = await api.submit(users.reference, 400, "postgres-kill", expect="reference")
-    legacy = await api.submit(users.legacy, 30, "postgres-kill", expect="legacy")
-    written = await _mid_batch(fault_parse, reference)
-    fault_stack.kill("postgres")
+async def test_postgres_killed_mid_batch(trial: Trial) -> None:
+    reference = await trial.api.submit(trial.users.reference, 400, "postgres-kill", expect="reference")
+    legacy = await trial.api.submit(trial.users.legacy, 30, "postgres-kill", expect="legacy")
+    written = await _mid_batch(trial.parse, reference)
+    trial.stack.kill("postgres")
     log(f"postgres killed with {written}/{reference.total} memories written")
-    await fault_stack.start_async("postgres")  # crash recovery on start
-    await settle_and_check(
-        [reference, legacy],
-        api=api,
-        parse=fault_parse,
-        temporal=fault_temporal,
-        receiver=receiver,
-        stack=fault_stack,
-    )
+    await trial.stack.start_async("postgres")  # crash recovery on start
+    await trial.settle_and_check([reference, legacy])
 
 
-async def test_api_restarted_between_submit_and_status(
-    fault_stack: FaultStack,
-    api: Api,
-    users: Users,
-    fault_parse: ParseClient,
-    fault_temporal: Client,
-    receiver: Receiver,
-) -> None:
+async def test_api_restarted_between_submit_and_status(trial: Trial) -> None:
     batches = [
-        await api.submit(users.reference, 100, "api-restart", expect="reference"),
-        await api.submit(users.legacy, 10, "api-restart", expect="legacy"),
+        await trial.api.submit(trial.users.reference, 100, "api-restart", expect="reference"),
+        await trial.api.submit(trial.users.legacy, 10, "api-restart", expect="legacy"),
     ]
-    fault_stack.kill("api")
-    await fault_stack.start_async("api")
-    await settle_and_check(
-        batches, api=api, parse=fault_parse, temporal=fault_temporal, receiver=receiver, stack=fault_stack
-    )
+    trial.stack.kill("api")
+    await trial.stack.start_async("api")
+    await trial.settle_and_check(batches)
 
 
-async def test_webhook_receiver_down_for_a_while_then_back(
-    fault_stack: FaultStack,
-    api: Api,
-    users: Users,
-    fault_parse: ParseClient,
-    fault_temporal: Client,
-    receiver: Receiver,
-) -> None:
-    receiver.kill()
+async def test_webhook_receiver_down_for_a_while_then_back(trial: Trial) -> None:
+    trial.receiver.kill()
     batches = [
-        await api.submit(users.reference, 20, "receiver-down", expect="reference"),
-        await api.submit(users.legacy, 5, "receiver-down", expect="legacy"),
+        await trial.api.submit(trial.users.reference, 20, "receiver-down", expect="reference"),
+        await trial.api.submit(trial.users.legacy, 5, "receiver-down", expect="legacy"),
     ]
 
     async def processed_but_not_notified() -> bool:
-        statuses = [await api.status(batch) for batch in batches]
+        statuses = [await trial.api.status(batch) for batch in batches]
         return all(s["status"] == "completed" and not s["webhook_sent"] for s in statuses)
 
     # Both batches finish while nobody listens: their deliveries are being retried.
     await wait_until(processed_but_not_notified, 120, "both batches to finish with the receiver down")
     await asyncio.sleep(3)
-    receiver.start()
-    await settle_and_check(
-        batches, api=api, parse=fault_parse, temporal=fault_temporal, receiver=receiver, stack=fault_stack
-    )
+    trial.receiver.start()
+    await trial.settle_and_check(batches)
 
 
 if SOAK_TRIALS:
 
     @pytest.mark.timeout(300 + 240 * SOAK_TRIALS)
-    async def test_soak_random_faults(
-        fault_stack: FaultStack,
-        api: Api,
-        users: Users,
-        fault_parse: ParseClient,
-        fault_temporal: Client,
-        receiver: Receiver,
-    ) -> None:
+    async def test_soak_random_faults(trial: Trial) -> None:
         """FAULT_SOAK_TRIALS rounds: batches on both paths, one random fault at a random moment."""
         rng = _rng("soak")
-        for trial in range(SOAK_TRIALS):
+        for round_ in range(SOAK_TRIALS):
             fault = rng.choice(["worker", "parse", "temporal", "postgres", "api", "receiver"])
             batches = [
-                await api.submit(
-                    users.reference, rng.choice([50, 200, 400]), f"soak-{trial}", expect="reference"
+                await trial.api.submit(
+                    trial.users.reference, rng.choice([50, 200, 400]), f"soak-{round_}", expect="reference"
                 )
             ]
             if fault != "worker":
                 batches.append(
-                    await api.submit(users.legacy, rng.choice([5, 20]), f"soak-{trial}", expect="legacy")
+                    await trial.api.submit(
+                        trial.users.legacy, rng.choice([5, 20]), f"soak-{round_}", expect="legacy"
+                    )
                 )
             await asyncio.sleep(rng.uniform(0.0, 2.0))
             if fault == "receiver":
-                receiver.kill()
+                trial.receiver.kill()
                 await asyncio.sleep(rng.uniform(1, 15))
-                receiver.start()
+                trial.receiver.start()
             else:
-                fault_stack.kill(fault)
+                trial.stack.kill(fault)
                 await asyncio.sleep(
                     {"parse": rng.uniform(1, 30), "temporal": rng.uniform(1, 10)}.get(fault, 0)
                 )
-                await fault_stack.start_async(fault)
-            log(f"soak {trial + 1}/{SOAK_TRIALS}: {fault}")
-            await settle_and_check(
-                batches,
-                api=api,
-                parse=fault_parse,
-                temporal=fault_temporal,
-                receiver=receiver,
-                stack=fault_stack,
-            )
+                await trial.stack.start_async(fault)
+            log(f"soak {round_ + 1}/{SOAK_TRIALS}: {fault}")
+            await trial.settle_and_check(batches)
