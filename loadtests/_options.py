@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from toolkit.workloads import WORKLOADS
+from toolkit.validation.workloads import WORKLOADS
 
 PATHS = ("reference", "legacy", "current")
 

@@ -1,4 +1,9 @@
-"""Shared fixtures. The suite runs against the real local stack; if it is not up, the session starts it."""
+"""Shared fixtures. The suite runs against the real local stack; if it is not up, the session starts it.
+
+The API servers (``tests/fixtures/api_server.py``) and the in-process worker
+(``tests/fixtures/temporal_worker.py``) are fixtures of every part of the suite: tests of the validation
+layer drive the API and run workflows as much as the service's own tests do.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,23 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.fixtures.api_server import (  # noqa: F401 (fixtures)
+    api,
+    http,
+    local_user_settings,
+    no_parse_api,
+    no_temporal_api,
+    own_temporal,
+    set_flags,
+    small_api,
+    start_api,
+    unpolled_api,
+)
+from tests.fixtures.temporal_worker import temporal, worker, worker_settings  # noqa: F401 (fixtures)
 from toolkit import stack
 from toolkit.parse import ParseClient
+from toolkit.parse.users import ParseUser, sign_up
 from toolkit.settings import Settings, load_settings
-from toolkit.users import ParseUser, sign_up
 
 
 @pytest.fixture(scope="session")

@@ -56,6 +56,9 @@ class Settings:
     """Everything configurable. Field names map to upper-case environment variables."""
 
     stack_dir: Path = REPO_ROOT / ".stack"
+    # The checkout whose code this process runs: `toolkit scale-out` and `compare_variants` start their
+    # API and worker processes from it unless a variant names another checkout.
+    checkout_dir: Path = REPO_ROOT
 
     # Ports of the local stack (ignored when pointing at existing services).
     postgres_port: int = 54329
@@ -119,9 +122,9 @@ class Settings:
     batch_chunk_max_bytes: int = 16 * 1024 * 1024
     batch_chunk_window: int = 4
 
-    # Temporal external storage on Parse Files (toolkit.temporal_storage). Every client and worker can
-    # always *read* a payload stored there; this switch decides whether this process *stores* payloads
-    # of at least the threshold (bytes) there instead of inline in the history.
+    # Temporal external storage on Parse Files (toolkit.temporal.external_storage). Every client and worker
+    # can always *read* a payload stored there; this switch decides whether this process *stores* payloads of
+    # at least the threshold (bytes) there instead of inline in the history.
     temporal_external_storage: bool = False
     temporal_external_storage_threshold: int = 256 * 1024
 

@@ -8,7 +8,7 @@ import pytest
 
 from toolkit.api.auth import Authenticator, InvalidSession, MissingSession, SessionCache
 from toolkit.parse import ParseClient
-from toolkit.users import ParseUser, sign_up
+from toolkit.parse.users import ParseUser, sign_up
 
 
 async def test_valid_session_is_accepted_then_served_from_the_cache(parse: ParseClient) -> None:

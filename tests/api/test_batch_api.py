@@ -11,19 +11,19 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from toolkit.api.batches import idempotent_batch_id
 from toolkit.api.errors import WORKFLOWS_REFUSED, WORKFLOWS_UNAVAILABLE
+from toolkit.api.idempotency import idempotent_batch_id
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
+from toolkit.parse.users import ParseUser, sign_up
 from toolkit.rollout import canary_bucket
 from toolkit.settings import Settings
-from toolkit.temporal_client import connect
-from toolkit.users import ParseUser, sign_up
-from toolkit.workloads import chitchat_memories
+from toolkit.temporal.client import connect
+from toolkit.validation.workloads import chitchat_memories
 
 if TYPE_CHECKING:
-    from tests.api.conftest import ApiServer, FlagSetter
+    from tests.fixtures.api_server import ApiServer, FlagSetter
 
 STILL_STARTING = "a batch with this Idempotency-Key is still being started; retry"
 

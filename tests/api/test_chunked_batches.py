@@ -25,19 +25,19 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from tests.worker_process import start_worker_process, wait_until
-from toolkit.api.batches import idempotent_batch_id
-from toolkit.memory_writer import count_memories
+from tests.fixtures.worker_process import start_worker_process, wait_until
+from toolkit.api.idempotency import idempotent_batch_id
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.cleanup import local_files_dir
+from toolkit.parse.memory_writer import count_memories
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
+from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
-from toolkit.temporal_client import connect
-from toolkit.users import ParseUser
+from toolkit.temporal.client import connect
 
 if TYPE_CHECKING:
-    from tests.api.conftest import ApiServer, FlagSetter
+    from tests.fixtures.api_server import ApiServer, FlagSetter
 
 BIG = int(os.environ.get("CHUNKED_TEST_MEMORIES", "20000"))
 # Wait bounds, not timing assertions.

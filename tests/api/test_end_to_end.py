@@ -18,15 +18,15 @@ import pytest
 
 from toolkit.cli.submit import submit_command
 from toolkit.parse import ParseClient
+from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
-from toolkit.submit import submit_batch, wait_for_batch
-from toolkit.temporal_client import connect
-from toolkit.users import ParseUser
-from toolkit.worker import build_worker
-from toolkit.workloads import chitchat_memories
+from toolkit.temporal.client import connect
+from toolkit.temporal.worker import build_worker
+from toolkit.validation.batch_api import submit_batch, wait_for_batch
+from toolkit.validation.workloads import chitchat_memories
 
 if TYPE_CHECKING:
-    from tests.api.conftest import ApiServer, FlagSetter
+    from tests.fixtures.api_server import ApiServer, FlagSetter
 
 # A wait bound, not a timing assertion: a batch of 40 takes a few seconds on the local stack.
 WAIT_S = 180.0

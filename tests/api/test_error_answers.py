@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from toolkit.api.batches import idempotent_batch_id
 from toolkit.api.errors import STORAGE_UNAVAILABLE, WORKFLOWS_UNAVAILABLE
+from toolkit.api.idempotency import idempotent_batch_id
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import MemoryItem
+from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
 from toolkit.testing.tcp_proxy import TcpProxy
-from toolkit.users import ParseUser
-from toolkit.workloads import chitchat_memories
+from toolkit.validation.workloads import chitchat_memories
 
 if TYPE_CHECKING:
-    from tests.api.conftest import ApiServer
+    from tests.fixtures.api_server import ApiServer
 
 SESSION_UNAVAILABLE = "cannot validate the session right now; retry later"
 # What an internal address looks like in any answer: a scheme, a loopback host, a backend's name.
@@ -84,9 +84,8 @@ async def test_temporal_unreachable_on_submit_and_on_replay(
         parse,
         settings,
         batch_id=idempotent_batch_id(user.object_id, key),
-        user_id=user.object_id,
+        submission=store.Submission(user.object_id, idempotency_key=key),
         memories=[MemoryItem.model_validate(m) for m in chitchat_memories(2)],
-        idempotency_key=key,
     )
     try:
         replay = await http.post(

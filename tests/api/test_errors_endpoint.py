@@ -11,14 +11,14 @@ from toolkit.api.schemas import ERRORS_PAGE_MAX
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import BatchError
+from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
-from toolkit.starter import workflow_id_for
-from toolkit.temporal_client import connect
-from toolkit.users import ParseUser
-from toolkit.workloads import chitchat_memories
+from toolkit.temporal.client import connect
+from toolkit.temporal.starter import workflow_id_for
+from toolkit.validation.workloads import chitchat_memories
 
 if TYPE_CHECKING:
-    from tests.api.conftest import ApiServer
+    from tests.fixtures.api_server import ApiServer
 
 FAILED = 230
 

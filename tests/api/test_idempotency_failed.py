@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from toolkit.api.batches import idempotent_batch_id
+from toolkit.api.idempotency import idempotent_batch_id
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
+from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
-from toolkit.starter import workflow_id_for
-from toolkit.temporal_client import connect
-from toolkit.users import ParseUser
-from toolkit.workflows import NEW_WORKFLOW
-from toolkit.workloads import chitchat_memories
+from toolkit.temporal.client import connect
+from toolkit.temporal.starter import workflow_id_for
+from toolkit.temporal.workflows import NEW_WORKFLOW
+from toolkit.validation.workloads import chitchat_memories
 
 if TYPE_CHECKING:
-    from tests.api.conftest import ApiServer
+    from tests.fixtures.api_server import ApiServer
 
 
 def _keyed(user: ParseUser, key: str) -> dict[str, str]:

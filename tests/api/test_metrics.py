@@ -11,12 +11,12 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from toolkit import stack
+from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
-from toolkit.users import ParseUser
-from toolkit.workloads import chitchat_memories
+from toolkit.validation.workloads import chitchat_memories
 
 if TYPE_CHECKING:
-    from tests.api.conftest import ApiServer
+    from tests.fixtures.api_server import ApiServer
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

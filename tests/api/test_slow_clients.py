@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 
 from toolkit.parse import ParseClient
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
-from toolkit.users import ParseUser
+from toolkit.parse.users import ParseUser
 
 if TYPE_CHECKING:
-    from tests.api.conftest import ApiServer
+    from tests.fixtures.api_server import ApiServer
 
 IDLE_TIMEOUT_S = 1.0
 

@@ -15,22 +15,22 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from toolkit.api.batches import idempotent_batch_id
 from toolkit.api.errors import START_UNCONFIRMED
+from toolkit.api.idempotency import idempotent_batch_id
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.schema import MEMORY
+from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
-from toolkit.stack.temporal import TemporalServer
-from toolkit.starter import workflow_id_for
-from toolkit.temporal_client import connect
+from toolkit.stack.temporal_server import TemporalServer
+from toolkit.temporal.client import connect
+from toolkit.temporal.starter import workflow_id_for
+from toolkit.temporal.worker import build_worker
 from toolkit.testing.tcp_proxy import TcpProxy
-from toolkit.users import ParseUser
-from toolkit.worker import build_worker
-from toolkit.workloads import chitchat_memories
+from toolkit.validation.workloads import chitchat_memories
 
 if TYPE_CHECKING:
-    from tests.api.conftest import ApiServer
+    from tests.fixtures.api_server import ApiServer
 
 MEMORIES = 7
 

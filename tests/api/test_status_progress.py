@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from toolkit.api.progress import MAX_STATUS_ERRORS, status_from_request
+from toolkit.api.answers import MAX_STATUS_ERRORS, status_from_request
 from toolkit.parse.models import BatchError, BatchMemoryRequest, BatchMetadata
 
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)

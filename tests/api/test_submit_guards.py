@@ -17,27 +17,28 @@ import pytest
 from temporalio.converter import DataConverter
 
 from toolkit.api.auth import AuthenticatedUser
-from toolkit.api.batches import ORPHAN_AFTER_S, BatchService, idempotent_batch_id
+from toolkit.api.batches import BatchService
 from toolkit.api.errors import RequestInvalid
+from toolkit.api.idempotency import ORPHAN_AFTER_S, idempotent_batch_id
 from toolkit.api.legacy_limit import LEGACY_MAX_INPUT_BYTES, legacy_input_bytes
 from toolkit.api.schemas import BatchRequestIn, MemoryIn
-from toolkit.api.temporal import TemporalConnection
-from toolkit.batch_types import BatchContext, LegacyBatchInput
+from toolkit.api.temporal_connection import TemporalConnection
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.errors import ObjectNotFound
 from toolkit.parse.models import MemoryItem
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
+from toolkit.parse.users import ParseUser, add_to_org_role
 from toolkit.rollout import RolloutReader
 from toolkit.settings import Settings
-from toolkit.starter import workflow_id_for
-from toolkit.temporal_client import connect
-from toolkit.users import ParseUser, add_to_org_role
-from toolkit.workflows import NEW_WORKFLOW
-from toolkit.workloads import chitchat_memories, synthetic_memories
+from toolkit.temporal.batch_types import BatchContext, LegacyBatchInput
+from toolkit.temporal.client import connect
+from toolkit.temporal.starter import workflow_id_for
+from toolkit.temporal.workflows import NEW_WORKFLOW
+from toolkit.validation.workloads import chitchat_memories, synthetic_memories
 
 if TYPE_CHECKING:
-    from tests.api.conftest import ApiServer, FlagSetter
+    from tests.fixtures.api_server import ApiServer, FlagSetter
 
 STILL_STARTING = "a batch with this Idempotency-Key is still being started; retry"
 TEMPORAL_BLOB_LIMIT = 2 * 1024 * 1024
@@ -188,10 +189,9 @@ async def _store_unstarted(
         parse,
         settings,
         batch_id=batch_id,
-        user_id=user.object_id,
+        submission=store.Submission(user.object_id, idempotency_key=key),
         memories=[MemoryItem.model_validate(m) for m in chitchat_memories(3)],
         storage="reference",
-        idempotency_key=key,
     )
     return batch_id, request_id
 

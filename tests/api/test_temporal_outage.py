@@ -11,13 +11,13 @@ import httpx
 from toolkit.api.errors import START_UNCONFIRMED
 from toolkit.parse import ParseClient
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
+from toolkit.parse.users import ParseUser
 from toolkit.stack._process import stop_pid
-from toolkit.stack.temporal import TemporalServer
-from toolkit.users import ParseUser
-from toolkit.workloads import chitchat_memories
+from toolkit.stack.temporal_server import TemporalServer
+from toolkit.validation.workloads import chitchat_memories
 
 if TYPE_CHECKING:
-    from tests.api.conftest import ApiServer
+    from tests.fixtures.api_server import ApiServer
 
 
 async def _requests(parse: ParseClient, user: ParseUser) -> list[dict]:

@@ -30,15 +30,15 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from toolkit import stack
-from toolkit.memory_writer import MEMORY_CLASS
 from toolkit.parse import ParseClient
+from toolkit.parse.memory_writer import MEMORY_CLASS
 from toolkit.parse.models import FINISHED_STATUSES
+from toolkit.parse.users import ParseUser, sign_up
 from toolkit.settings import REPO_ROOT, Settings, load_settings
 from toolkit.stack._process import StackPart, pid_alive, read_pid
 from toolkit.stack.manager import parts
-from toolkit.temporal_client import connect
+from toolkit.temporal.client import connect
 from toolkit.testing.ports import free_port
-from toolkit.users import ParseUser, sign_up
 
 WEBHOOK_SECRET = "whsec-fault-suite"
 # Each trial's batches must all be final within this long after the fault is over.

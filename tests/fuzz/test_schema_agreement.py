@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from toolkit.api.app import create_app
 from toolkit.parse import ParseClient
+from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
-from toolkit.users import ParseUser
 from toolkit.webhooks import WebhookTargetRefused, check_webhook_url
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
-from toolkit.users import ParseUser
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "6"))
 SEED = int(os.environ.get("FUZZ_SEED", "20261129"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import tomllib
@@ -94,3 +95,24 @@ def test_readme_starts_with_the_two_fresh_machine_commands_and_ci_calls_make_tes
         if line.strip() and not line.startswith("#") and not line.startswith(("set ", "cd "))
     ]
     assert ci == ["make test"]
+
+
+def test_every_module_in_the_readme_package_table_imports() -> None:
+    # The table is the public surface for notebooks, load tests and scripts: a module it names must exist.
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The package, for notebooks, load tests and scripts", 1)[1]
+    table = section.split("| module | what it gives you |", 1)[1].split("\n\n", 1)[0]
+    modules = {
+        name
+        for line in table.splitlines()
+        if line.startswith("| `toolkit")
+        for name in re.findall(r"`(toolkit(?:\.\w+)+)`", line.split("|")[1])
+    }
+    assert len(modules) >= 15, modules
+    missing = []
+    for name in sorted(modules):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            missing.append(f"{name}: {exc}")
+    assert missing == []

@@ -36,17 +36,17 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from toolkit.activities import BatchActivities
-from toolkit.batch_types import BatchSummary
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import MemoryItem
+from toolkit.parse.users import ParseUser, sign_up
 from toolkit.settings import Settings, load_settings
-from toolkit.starter import SubmittedBatch, start_batch_workflow_with_reference, store_and_start
-from toolkit.testing.webhook_receiver import running_receiver
-from toolkit.users import ParseUser, sign_up
-from toolkit.workflows import ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow
-from toolkit.workloads import synthetic_memories
+from toolkit.temporal.activities import BatchActivities
+from toolkit.temporal.batch_types import BatchSummary
+from toolkit.temporal.starter import SubmittedBatch, start_batch_workflow_with_reference, store_and_start
+from toolkit.temporal.workflows import ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow
+from toolkit.validation.webhook_receiver import running_receiver
+from toolkit.validation.workloads import synthetic_memories
 
 HISTORIES_DIR = Path(__file__).resolve().parent / "histories"
 # Identity written into the histories instead of the default ``pid@hostname``.
@@ -144,11 +144,11 @@ class Recorder:
             self.parse,
             settings,
             batch_id=batch_id,
-            user_id=self.user.object_id,
+            submission=store.Submission(
+                self.user.object_id, webhook_url=self.webhook_url, webhook_secret=WEBHOOK_SECRET
+            ),
             memories=[MemoryItem.model_validate(m) for m in memories],
             storage="reference",
-            webhook_url=self.webhook_url,
-            webhook_secret=WEBHOOK_SECRET,
         )
         await store.delete_batch_file(self.parse, request_id)
         async with self.worker(settings):

@@ -1,9 +1,9 @@
 """Recorded histories replay on the current workflow code (issue 11).
 
 Each file in ``histories/`` is a real run recorded by ``python -m tests.replay.record``. If a change to
-``toolkit/workflows.py`` would make a run in flight take a different path on replay (a new activity, a
-reordered one, a changed fan-out window), its worker would fail that run with a nondeterminism error
-after the deploy; here it fails CI first. A change that must alter the commands goes behind
+``toolkit/temporal/workflows.py`` would make a run in flight take a different path on replay (a new activity,
+a reordered one, a changed fan-out window), its worker would fail that run with a nondeterminism error after
+the deploy; here it fails CI first. A change that must alter the commands goes behind
 ``workflow.patched(...)`` so old histories still replay.
 """
 
@@ -22,15 +22,15 @@ from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
-from toolkit import workflows
-from toolkit.batch_types import BatchReference, BatchSummary
-from toolkit.workflows import (
+from toolkit.temporal import workflows
+from toolkit.temporal.batch_types import BatchReference, BatchSummary
+from toolkit.temporal.workflows import (
     LEGACY_WORKFLOW,
     NEW_WORKFLOW,
     ProcessBatchMemoryFromRequestWorkflow,
     ProcessBatchMemoryWorkflow,
 )
-from toolkit.workloads import synthetic_memories
+from toolkit.validation.workloads import synthetic_memories
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 FIXTURES = sorted(HISTORIES.rglob("*.json"))  # a release may keep its set in a subfolder

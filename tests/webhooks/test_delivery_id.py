@@ -17,15 +17,15 @@ import httpx
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from toolkit.activities import BatchActivities
-from toolkit.batch_types import BatchReference
 from toolkit.parse import ParseClient, ParseUnavailable
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import MemoryItem
+from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
+from toolkit.temporal.activities import BatchActivities
+from toolkit.temporal.batch_types import BatchReference
 from toolkit.testing.tcp_proxy import TcpProxy
-from toolkit.testing.webhook_receiver import ReceivedRequest, WebhookReceiver
-from toolkit.users import ParseUser
+from toolkit.validation.webhook_receiver import ReceivedRequest, WebhookReceiver
 from toolkit.webhooks import DELIVERY_ID_HEADER, delivery_id
 
 SECRET = "delivery-secret"
@@ -61,10 +61,8 @@ async def test_a_delivery_whose_success_was_not_recorded_is_resent_with_the_same
         parse,
         settings,
         batch_id=batch_id,
-        user_id=user.object_id,
+        submission=store.Submission(user.object_id, webhook_url=receiver.url(), webhook_secret=SECRET),
         memories=[MemoryItem(content="one memory")],
-        webhook_url=receiver.url(),
-        webhook_secret=SECRET,
     )
     try:
         await store.update_batch_request_completion(

@@ -1,9 +1,9 @@
 """Webhook payload, signing, verification, SSRF refusal and delivery, against a real local HTTP receiver.
 
-Delivery tests POST to a stdlib HTTP server on 127.0.0.1 (tests/webhooks/receiver.py), so they use
-allow_private=True. The only httpx transports that are not real are `GuardTransport` (proves that a refused
-target gets no request at all, and that nothing ever leaves this machine) and, for one test, a recording
-transport standing in for a public receiver, which a local machine cannot provide.
+Delivery tests POST to a stdlib HTTP server on 127.0.0.1 (:mod:`toolkit.validation.webhook_receiver`), so they
+use allow_private=True. The only httpx transports that are not real are `GuardTransport` (proves that a
+refused target gets no request at all, and that nothing ever leaves this machine) and, for one test, a
+recording transport standing in for a public receiver, which a local machine cannot provide.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import httpx
 import pytest
 
-from toolkit.testing.webhook_receiver import Reply, WebhookReceiver, running_receiver
+from toolkit.validation.webhook_receiver import Reply, WebhookReceiver, running_receiver
 from toolkit.webhooks import (
     SIGNATURE_HEADER,
     DeliveryResult,

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from toolkit.api.auth import AuthenticatedUser, Authenticator, AuthError, current_user
 from toolkit.api.batches import BatchService
 from toolkit.api.errors import ApiError, RequestInvalid
-from toolkit.api.metrics import ApiMetrics, MetricsMiddleware
+from toolkit.api.prometheus import ApiMetrics, MetricsMiddleware
 from toolkit.api.schemas import (
     ERRORS_PAGE_DEFAULT,
     ERRORS_PAGE_MAX,
@@ -31,7 +31,7 @@ from toolkit.api.schemas import (
     ErrorOut,
     ValidationErrorOut,
 )
-from toolkit.api.temporal import TemporalConnection
+from toolkit.api.temporal_connection import TemporalConnection
 from toolkit.parse import ParseClient
 from toolkit.rollout import RolloutReader
 from toolkit.settings import Settings

@@ -21,6 +21,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from toolkit.parse import ParseClient
 from toolkit.parse.errors import ObjectNotFound, ParseError, ParseUnavailable, PermissionDenied
+from toolkit.parse.models import BatchMemoryRequest
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,11 @@ class AuthUnavailable(AuthError):
 class AuthenticatedUser:
     user_id: str
     session_token: str
+
+    def owns(self, request: BatchMemoryRequest) -> bool:
+        """Whether ``request`` is this user's batch. Parse's ACL also lets the organization's role read
+        it; the API answers a batch to its owner only (design §4.3)."""
+        return request.user is not None and request.user.object_id == self.user_id
 
 
 def _token_key(token: str) -> str:

@@ -54,7 +54,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from toolkit.worker import run_worker
+    from toolkit.temporal.worker import run_worker
 
     ready = Path(args.ready_file) if args.ready_file else None
     try:

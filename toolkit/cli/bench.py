@@ -7,8 +7,8 @@ import asyncio
 import json
 from dataclasses import asdict
 
-from toolkit.bench import MAX_REPEAT, format_ratio_summary, run_bench, summarize_ratios
 from toolkit.settings import Settings
+from toolkit.validation.perf.bench import MAX_REPEAT, format_ratio_summary, run_bench, summarize_ratios
 
 
 def bench_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -13,7 +13,7 @@ from toolkit.settings import REPO_ROOT, Settings
 def notebooks_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "lab":
         return _lab(args, settings)
-    from toolkit.notebooks import NOTEBOOKS_DIR, run_notebooks, summary_lines
+    from toolkit.validation.notebooks import NOTEBOOKS_DIR, run_notebooks, summary_lines
 
     parameters = {} if args.ci else None  # --ci: each notebook's own (CI-sized) defaults
     reports = Path(args.reports)

@@ -1,6 +1,6 @@
 """``toolkit payloads cleanup``: delete Temporal payloads kept in Parse Files that no retained workflow needs.
 
-The rule is :func:`toolkit.temporal_storage.cleanup_stored_payloads`'s; this module only reads the
+The rule is :func:`toolkit.temporal.payload_cleanup.cleanup_stored_payloads`'s; this module only reads the
 arguments and prints the report.
 """
 
@@ -12,8 +12,8 @@ from datetime import timedelta
 
 from toolkit.parse import ParseClient
 from toolkit.settings import Settings
-from toolkit.temporal_client import connect
-from toolkit.temporal_storage import PayloadCleanupReport, cleanup_stored_payloads
+from toolkit.temporal.client import connect
+from toolkit.temporal.payload_cleanup import PayloadCleanupReport, cleanup_stored_payloads
 
 
 def _print_report(report: PayloadCleanupReport) -> None:

@@ -18,7 +18,7 @@ from toolkit.settings import REPO_ROOT, Settings
 
 
 def run_main_job(settings: Settings) -> int:
-    from toolkit.notebooks import NOTEBOOKS_DIR, run_notebooks, summary_lines
+    from toolkit.validation.notebooks import NOTEBOOKS_DIR, run_notebooks, summary_lines
 
     print("== 1. the stack")
     rows = stack.status(settings)

@@ -8,11 +8,11 @@ import json
 from dataclasses import asdict
 
 from toolkit.parse import ParseClient
-from toolkit.scaleout import MAX_WORKERS, ScaleOutError, format_rows, measure_scale_out
+from toolkit.parse.users import sign_up
 from toolkit.settings import Settings
-from toolkit.temporal_client import connect
-from toolkit.users import sign_up
-from toolkit.variants import VariantError
+from toolkit.temporal.client import connect
+from toolkit.validation.perf.scale_out import MAX_WORKERS, ScaleOutError, format_rows, measure_scale_out
+from toolkit.validation.perf.variants import VariantError
 
 
 def scale_out_command(args: argparse.Namespace, settings: Settings) -> int:

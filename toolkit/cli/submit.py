@@ -13,7 +13,7 @@ import httpx
 from toolkit.parse.errors import ParseError
 from toolkit.parse.models import FINISHED_STATUSES
 from toolkit.settings import Settings
-from toolkit.submit import (
+from toolkit.validation.batch_api import (
     ApiCallFailed,
     BatchWaitTimeout,
     LocalUserLost,
@@ -62,7 +62,7 @@ def _wait_and_print(settings: Settings, batch_id: str, token: str, timeout_s: fl
 
 def submit_command(args: argparse.Namespace, settings: Settings) -> int:
     """``toolkit submit --memories N [--workload chitchat|synthetic] [--wait]``."""
-    from toolkit.workloads import make_memories
+    from toolkit.validation.workloads import make_memories
 
     if args.memories < 1:
         print("toolkit submit: --memories must be at least 1", file=sys.stderr)

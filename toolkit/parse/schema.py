@@ -125,7 +125,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "indexes": {"Memory_batchId_index": {"batchId": 1, "index": 1}},
         "classLevelPermissions": _private_class_permissions([]),
     },
-    # One row per Temporal payload stored by toolkit.temporal_storage (objectId = its sha256).
+    # One row per Temporal payload stored by toolkit.temporal.external_storage (objectId = its sha256).
     # Master key only: the rows name workflows, and the files hold workflow inputs.
     TEMPORAL_PAYLOAD: {
         "fields": {

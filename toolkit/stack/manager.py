@@ -14,7 +14,7 @@ from toolkit.stack._process import StackError, StackPart, stop_pid
 from toolkit.stack.parse_server import ParseServer
 from toolkit.stack.postgres import Postgres
 from toolkit.stack.services import ApiServer, Worker
-from toolkit.stack.temporal import TemporalServer
+from toolkit.stack.temporal_server import TemporalServer
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,279 @@
+"""Failure paths: missing objects, unusable files (not retryable), Parse unreachable (retryable), no orphans.
+
+Files are broken for real (garbage uploaded to Parse, a file deleted, a tiny decompression limit); only the
+create-after-upload faults use a wrapped transport, because a healthy Parse Server won't fail on demand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from toolkit.parse import ObjectNotFound, ParseClient, ParseError, ParseUnavailable
+from toolkit.parse import batch_requests as store
+from toolkit.parse.models import MemoryItem
+from toolkit.parse.users import ParseUser
+from toolkit.settings import Settings
+from toolkit.validation.workloads import chitchat_memories
+
+CreateBatch = Callable[..., Awaitable[str]]
+
+
+def _items(memories: list[dict[str, Any]]) -> list[MemoryItem]:
+    return [MemoryItem.model_validate(m) for m in memories]
+
+
+async def _attach(parse: ParseClient, request_id: str, data: bytes, unique: str) -> None:
+    """Upload ``data`` as a Parse File and make it the request's batch file (the original is deleted)."""
+    await store.delete_batch_file(parse, request_id)
+    uploaded = await parse.upload_file(f"bad{unique}.json.gz", data, "application/gzip", master=True)
+    await parse.update_object(
+        "BatchMemoryRequest",
+        request_id,
+        {"batchDataFile": {"__type": "File", "name": uploaded["name"]}},
+        master=True,
+    )
+
+
+async def test_missing_object_gives_none(parse: ParseClient, settings: Settings, unique: str) -> None:
+    assert await store.fetch_batch_memory_request_from_parse(parse, settings, f"none{unique}") is None
+    assert (
+        await store.fetch_batch_memory_request_from_parse(
+            parse, settings, f"none{unique}", with_memories=False
+        )
+        is None
+    )
+    with pytest.raises(ValueError):  # an id that would change the URL path is refused, not looked up
+        await store.fetch_batch_memory_request_from_parse(parse, settings, "../classes/_User")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param(b"\x00\x01 definitely not gzip \xff" * 10, id="not-gzip"),
+        pytest.param(gzip.compress(b"{not json")[:-9], id="truncated-gzip"),
+        pytest.param(gzip.compress(b'{"version": 1, "memories": [{"content": 5}]}'), id="invalid-memory"),
+        pytest.param(gzip.compress(b'{"version": 99, "memories": []}'), id="wrong-version"),
+    ],
+)
+async def test_a_corrupt_file_is_a_batch_file_error(
+    parse: ParseClient, settings: Settings, create_batch: CreateBatch, unique: str, garbage: bytes
+) -> None:
+    request_id = await create_batch()
+    await _attach(parse, request_id, garbage, unique)
+
+    with pytest.raises(store.BatchFileError) as caught:
+        await store.fetch_batch_memory_request_from_parse(parse, settings, request_id)
+    assert request_id in str(caught.value)
+    # Without the memories the request is still readable (e.g. to mark it failed).
+    request = await store.fetch_batch_memory_request_from_parse(
+        parse, settings, request_id, with_memories=False
+    )
+    assert request is not None and request.memories is None
+
+
+async def test_a_file_over_the_decompression_limit_is_a_batch_file_error(
+    parse: ParseClient, settings: Settings, create_batch: CreateBatch
+) -> None:
+    request_id = await create_batch(chitchat_memories(200))
+    tiny = dataclasses.replace(settings, max_decompressed_bytes=4_096)
+
+    with pytest.raises(store.BatchFileError) as caught:
+        await store.fetch_batch_memory_request_from_parse(parse, tiny, request_id)
+    assert "decompression limit" in str(caught.value)
+    assert "4,096" in str(caught.value)
+    # The same file under the real limit is fine.
+    request = await store.fetch_batch_memory_request_from_parse(parse, settings, request_id)
+    assert request is not None and request.memories is not None and len(request.memories) == 200
+
+
+async def test_a_gzip_bomb_is_refused_at_the_limit(
+    parse: ParseClient, settings: Settings, create_batch: CreateBatch, unique: str
+) -> None:
+    # 64 MiB of one repeated byte inside a valid batch document: ~64 KiB on the wire.
+    bomb = gzip.compress(b'{"version":1,"memories":[{"content":"' + b"a" * (64 << 20) + b'"}]}')
+    request_id = await create_batch()
+    await _attach(parse, request_id, bomb, unique)
+    with pytest.raises(store.BatchFileError, match="decompression limit"):
+        await store.fetch_batch_memory_request_from_parse(
+            parse, dataclasses.replace(settings, max_decompressed_bytes=1 << 20), request_id
+        )
+
+
+async def test_a_deleted_file_is_a_batch_file_error(
+    parse: ParseClient, settings: Settings, create_batch: CreateBatch
+) -> None:
+    request_id = await create_batch()
+    request = await store.fetch_batch_memory_request_from_parse(
+        parse, settings, request_id, with_memories=False
+    )
+    assert request is not None and request.batch_data_file is not None
+    await parse.delete_file(request.batch_data_file.name)
+
+    with pytest.raises(store.BatchFileError, match="missing"):
+        await store.fetch_batch_memory_request_from_parse(parse, settings, request_id)
+
+
+async def test_a_reference_request_without_a_file_is_a_batch_file_error(
+    parse: ParseClient, settings: Settings, create_batch: CreateBatch
+) -> None:
+    request_id = await create_batch()
+    assert await store.delete_batch_file(parse, request_id) is True
+    with pytest.raises(store.BatchFileError, match="no batch file"):
+        await store.fetch_batch_memory_request_from_parse(parse, settings, request_id)
+
+
+async def test_a_finished_request_whose_file_was_cleaned_up_reads_without_memories(
+    parse: ParseClient, settings: Settings, create_batch: CreateBatch
+) -> None:
+    # A retried activity re-reads a request that already completed: it must see "completed", not an error.
+    request_id = await create_batch()
+    await store.update_batch_request_completion(
+        parse, request_id, status="completed", completed_at=datetime.now(UTC), processing_duration_ms=1
+    )
+    request = await store.fetch_batch_memory_request_from_parse(
+        parse, settings, request_id, with_memories=False
+    )
+    assert request is not None and request.batch_data_file is not None
+    await parse.delete_file(request.batch_data_file.name)  # the file is gone, the reference stays
+    request = await store.fetch_batch_memory_request_from_parse(parse, settings, request_id)
+    assert request is not None and request.status == "completed" and request.memories is None
+
+    await store.delete_batch_file(parse, request_id)  # the reference goes too
+    request = await store.fetch_batch_memory_request_from_parse(parse, settings, request_id)
+    assert request is not None and request.batch_data_file is None and request.memories is None
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_parse_unreachable_is_parse_unavailable(
+    settings: Settings, user: ParseUser, unique: str
+) -> None:
+    down = dataclasses.replace(settings, parse_server_url=f"http://127.0.0.1:{_closed_port()}/parse")
+    async with ParseClient(down, retry_delays_s=()) as client:
+        with pytest.raises(ParseUnavailable):
+            await store.fetch_batch_memory_request_from_parse(client, down, "someRequest1")
+        with pytest.raises(ParseUnavailable):
+            await store.create_batch_memory_request_in_parse(
+                client,
+                down,
+                batch_id=f"down{unique}",
+                submission=store.Submission(user.object_id),
+                memories=_items(chitchat_memories(3)),
+            )
+        with pytest.raises(ParseUnavailable):
+            await store.update_batch_request_progress(
+                client, "someRequest1", processed=1, successful=1, failed=0
+            )
+        with pytest.raises(ParseUnavailable):
+            await store.find_batch_request(client, f"down{unique}")
+
+
+class _FilesUnreachable(httpx.AsyncBaseTransport):
+    """The real transport, but every file download fails at the connection (the object GET works)."""
+
+    def __init__(self) -> None:
+        self.real = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and "/files/" in request.url.path:
+            raise httpx.ConnectError("injected: files backend unreachable", request=request)
+        return await self.real.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
+
+
+async def test_a_download_that_cannot_connect_is_retryable_not_a_file_error(
+    settings: Settings, create_batch: CreateBatch
+) -> None:
+    request_id = await create_batch()
+    async with ParseClient(settings, transport=_FilesUnreachable(), retry_delays_s=(0.01,)) as client:
+        with pytest.raises(ParseUnavailable):
+            await store.fetch_batch_memory_request_from_parse(client, settings, request_id)
+
+
+class _FaultyCreate(httpx.AsyncBaseTransport):
+    """The real transport, except for ``POST classes/BatchMemoryRequest``.
+
+    ``reject``: a 400 without reaching Parse; ``unreachable``: a connection error; ``lost_response``:
+    the create lands, then its answer is lost. Uploaded files are recorded to check what became of them.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.real = httpx.AsyncHTTPTransport()
+        self.uploaded: list[dict[str, str]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/classes/BatchMemoryRequest"):
+            if self.mode == "reject":
+                return httpx.Response(400, json={"code": 111, "error": "injected: schema mismatch"})
+            if self.mode == "unreachable":
+                raise httpx.ConnectError("injected: connection refused", request=request)
+            response = await self.real.handle_async_request(request)
+            await response.aread()
+            await response.aclose()
+            raise httpx.ReadTimeout("injected: response lost", request=request)
+        response = await self.real.handle_async_request(request)
+        if request.method == "POST" and "/files/" in request.url.path:
+            await response.aread()
+            self.uploaded.append(json.loads(response.content))
+        return response
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
+
+
+@pytest.mark.parametrize("mode", ["reject", "unreachable"])
+async def test_a_failed_create_leaves_no_orphan_file(
+    parse: ParseClient, settings: Settings, user: ParseUser, unique: str, mode: str
+) -> None:
+    transport = _FaultyCreate(mode)
+    async with ParseClient(settings, transport=transport, retry_delays_s=()) as client:
+        with pytest.raises(ParseUnavailable if mode == "unreachable" else ParseError):
+            await store.create_batch_memory_request_in_parse(
+                client,
+                settings,
+                batch_id=f"orphan{unique}",
+                submission=store.Submission(user.object_id),
+                memories=_items(chitchat_memories(10)),
+            )
+    [uploaded] = transport.uploaded
+    with pytest.raises(ObjectNotFound):
+        await parse.download(uploaded["url"])
+    assert await parse.count("BatchMemoryRequest", {"batchId": f"orphan{unique}"}, master=True) == 0
+
+
+async def test_a_create_whose_answer_was_lost_keeps_its_file_and_returns_the_request(
+    parse: ParseClient, settings: Settings, user: ParseUser, unique: str
+) -> None:
+    transport = _FaultyCreate("lost_response")
+    memories = _items(chitchat_memories(10))
+    async with ParseClient(settings, transport=transport, retry_delays_s=()) as client:
+        request_id = await store.create_batch_memory_request_in_parse(
+            client,
+            settings,
+            batch_id=f"lost{unique}",
+            submission=store.Submission(user.object_id),
+            memories=memories,
+        )
+    try:
+        request = await store.fetch_batch_memory_request_from_parse(parse, settings, request_id)
+        assert request is not None and request.batch_id == f"lost{unique}"
+        assert request.memories == memories
+        assert await parse.count("BatchMemoryRequest", {"batchId": f"lost{unique}"}, master=True) == 1
+    finally:
+        await store.delete_batch_request(parse, request_id)

@@ -1,0 +1,59 @@
+"""toolkit.validation.notebooks: papermill runs into a timestamped folder, HTML copies, summaries read
+back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from toolkit.validation.notebooks import read_summary, report_dir, run_notebooks, summary_lines
+
+
+def _write(path: Path, *sources: str) -> None:
+    params = new_code_cell(sources[0])
+    params.metadata["tags"] = ["parameters"]
+    book = new_notebook(cells=[new_markdown_cell("# t"), params, *(new_code_cell(s) for s in sources[1:])])
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(book, path)
+
+
+def test_every_notebook_runs_into_one_report_folder_with_html_and_its_summary(tmp_path: Path) -> None:
+    books = tmp_path / "nb"
+    books.mkdir()
+    _write(books / "01_broken.ipynb", "X = 1", "assert X == 2, 'gate failed: X is 1'")
+    _write(
+        books / "02_after.ipynb",
+        "SIZE = 10",
+        "from toolkit.validation.notebooks import record_summary\n"
+        "record_summary({'size': SIZE, 'ratio': 7.5})",
+        "record_summary({'verdict': 'pass'})",
+    )
+    (books / "scratch.ipynb").write_text("not a numbered notebook: ignored")
+
+    now = datetime(2026, 1, 5, 10, 15, 2, tzinfo=UTC)
+    reports = tmp_path / "reports"
+    out, runs = run_notebooks(reports, notebooks_dir=books, parameters={"02_after": {"SIZE": 1000}}, now=now)
+    assert out == reports / "20260105T101502Z"
+    assert [r.name for r in runs] == ["01_broken", "02_after"]
+    broken, after = runs
+    assert broken.error is not None and "gate failed: X is 1" in broken.error and broken.summary == {}
+    # A failing notebook does not stop the next; parameters reach it; its summaries merge in order.
+    assert after.error is None and after.summary == {"size": 1000, "ratio": 7.5, "verdict": "pass"}
+    for run in runs:
+        assert run.executed.parent == out and run.html is not None and run.html.stat().st_size > 10_000
+    assert read_summary(after.executed) == after.summary
+    lines = summary_lines(out, runs)
+    assert lines[0].startswith("01_broken: FAILED") and lines[1].startswith("02_after: ok in")
+    assert "    size: 1,000" in lines and "    ratio: 7.50" in lines
+    assert lines[-1].startswith(f"report: {out}")
+
+
+def test_a_report_folder_is_never_reused(tmp_path: Path) -> None:
+    now = datetime(2026, 1, 5, 10, 15, 2, tzinfo=UTC)
+    report_dir(tmp_path, now)
+    with pytest.raises(FileExistsError):
+        report_dir(tmp_path, now)

@@ -1,0 +1,81 @@
+"""``toolkit worker``: one process serving both batch workflows and all their activities.
+
+Scale out by running more of them on the same task queue; Temporal spreads the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.worker import Worker
+
+from toolkit.parse import ParseClient
+from toolkit.ports import free_port, port_in_use
+from toolkit.settings import Settings
+from toolkit.temporal.activities import BatchActivities
+from toolkit.temporal.client import connect
+from toolkit.temporal.workflows import ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow
+
+log = logging.getLogger(__name__)
+
+
+def build_worker(
+    client: Client, settings: Settings, parse: ParseClient, *, task_queue: str | None = None
+) -> Worker:
+    activities = BatchActivities(settings, parse)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.temporal_task_queue,
+        workflows=[ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow],
+        activities=activities.all(),
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
+        # The SDK otherwise sends heartbeats only every 0.8 x heartbeat_timeout (16 s here), so a retry
+        # would resume from a checkpoint that old. One a second keeps the resume point fresh.
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
+    )
+
+
+def install_metrics_runtime(settings: Settings) -> str | None:
+    """Export the Temporal SDK's metrics (task latencies, slots, polls, failures) for Prometheus.
+
+    With ``WORKER_METRICS_PORT`` set, the SDK's runtime serves them at
+    ``http://<BIND_HOST>:<port>/metrics``. It must become the default runtime before the client
+    connects: the client and every worker built on it report through the runtime they were made on.
+    Returns the metrics URL, or None when the port is 0 (off).
+    """
+    if settings.worker_metrics_port <= 0:
+        return None
+    port = settings.worker_metrics_port
+    if port_in_use(settings.bind_host, port):
+        # Scaling out = more workers on one host, all reading the same stack.env: the first one has the
+        # configured port, the others serve their metrics on a free port and say where.
+        port = free_port(settings.bind_host)
+        log.warning(
+            "WORKER_METRICS_PORT %d is taken (another worker?); metrics on port %d",
+            settings.worker_metrics_port,
+            port,
+        )
+    bind = f"{settings.bind_host}:{port}"
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
+    Runtime.set_default(runtime, error_if_already_set=True)
+    return f"http://{bind}/metrics"
+
+
+async def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
+    metrics_url = install_metrics_runtime(settings)
+    if metrics_url:
+        log.info("worker metrics at %s", metrics_url)
+    client = await connect(settings)
+    async with ParseClient(settings) as parse:
+        worker = build_worker(client, settings, parse)
+        log.info("worker on %s, task queue %s", settings.temporal_target, settings.temporal_task_queue)
+        async with worker:
+            if ready_file is not None:
+                ready_file.write_text(f"{os.getpid()}\n")
+            await asyncio.Event().wait()  # until the process is signalled
