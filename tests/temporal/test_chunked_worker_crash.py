@@ -38,8 +38,10 @@ TOTAL = 2000
 CHUNK = 500
 
 
-# Small, serial writes so the batch takes long enough to be killed in the middle of chunks.
-SLOW_WRITES = {"WRITER_BATCH_SIZE": "5", "WRITER_CONCURRENCY": "1", "BATCH_CHUNK_WINDOW": "2"}
+# One memory per write, serially, so a chunk takes seconds, not one: the test waits for a heartbeated
+# checkpoint inside a chunk, and heartbeats reach the server at most once a second. With 5 per write a
+# quiet machine wrote whole chunks between two heartbeats and the wait timed out (seen in make test).
+SLOW_WRITES = {"WRITER_BATCH_SIZE": "1", "WRITER_CONCURRENCY": "1", "BATCH_CHUNK_WINDOW": "2"}
 
 
 async def store_chunked(
