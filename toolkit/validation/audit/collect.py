@@ -13,7 +13,7 @@ Progress goes to an optional callback ``(stage, done, total)``; the command line
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -124,27 +124,11 @@ async def _describe_running(
         run = runs[index]
         description = await client.get_workflow_handle(run.workflow_id, run_id=run.run_id).describe()
         info = description.raw_description.workflow_execution_info
-        runs[index] = ListedRun(
-            run.workflow_id,
-            run.run_id,
-            run.workflow_type,
-            run.status,
-            info.history_size_bytes,
-            info.history_length,
-            run.start_time,
-        )
+        runs[index] = replace(run, history_bytes=info.history_size_bytes, history_events=info.history_length)
         if progress:
             progress("describing running", done, len(described))
     for index in running[max_described:]:
-        runs[index] = ListedRun(
-            runs[index].workflow_id,
-            runs[index].run_id,
-            runs[index].workflow_type,
-            runs[index].status,
-            None,
-            None,
-            runs[index].start_time,
-        )
+        runs[index] = replace(runs[index], history_bytes=None, history_events=None)
     return runs, len(running) - len(described)
 
 
