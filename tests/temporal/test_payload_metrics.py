@@ -10,12 +10,13 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
 from tests.fixtures.echo_worker import bytes_payloads_size, int_payloads_size
 from tests.fixtures.worker_process import wait_until
@@ -27,6 +28,7 @@ from toolkit.temporal.payload_metrics import (
     PayloadWarnings,
     bucket_overrides,
 )
+from toolkit.temporal.workflows import ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow
 from toolkit.testing.echo_workflows import (
     ECHO_ACTIVITIES,
     ECHO_ACTIVITY,
@@ -191,3 +193,25 @@ async def test_replays_count_nothing_and_each_run_warns_once(
         f"payload of {bytes_payloads_size(b'x' * 3_000):,} bytes (workflow input)"
     )
     assert "xxxx" not in "".join(messages)  # sizes and types only, never the content
+
+
+async def test_the_recorded_toolkit_histories_replay_with_it_installed_and_warn_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Every history in tests/replay/histories, with thresholds every one of them passes: a replay runs the
+    # interceptor over the toolkit's real payloads (pydantic models, the legacy batch) and must stay silent.
+    histories = sorted((Path(__file__).resolve().parents[1] / "replay" / "histories").rglob("*.json"))
+    replayer = Replayer(
+        workflows=[ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow],
+        interceptors=[
+            PayloadMetricsInterceptor(PayloadWarnings(payload_warn_bytes=1, history_warn_events=1))
+        ],
+    )
+    caplog.set_level(logging.WARNING, logger="temporalio.workflow")
+    failures = {}
+    for path in histories:
+        result = await replayer.replay_workflow(WorkflowHistory.from_json(path.stem, path.read_text()))
+        if result.replay_failure is not None:
+            failures[path.name] = result.replay_failure
+    assert len(histories) >= 10 and failures == {}
+    assert [r.getMessage() for r in caplog.records if "warning threshold" in r.getMessage()] == []
