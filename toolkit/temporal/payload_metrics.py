@@ -123,7 +123,10 @@ class _RunWatch:
         self._history_passed = False
 
     def payloads(self, values: Sequence[Any], *, activity_type: str, direction: str) -> None:
-        size = payloads_size(values)
+        try:
+            size = payloads_size(values)
+        except Exception:  # a measurement must never fail the workflow task it watches
+            return
         if self._histogram is None:
             self._histogram = workflow.metric_meter().create_histogram(
                 PAYLOAD_SIZE_METRIC, "Serialized payload sets of workflows and activities", "bytes"
