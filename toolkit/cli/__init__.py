@@ -113,6 +113,12 @@ def _scale_out(args: argparse.Namespace, settings: Settings) -> int:
     return scale_out_command(args, settings)
 
 
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit.cli.audit import audit_command
+
+    return audit_command(args, settings)
+
+
 def _notebooks(args: argparse.Namespace, settings: Settings) -> int:
     from toolkit.cli.notebooks import notebooks_command
 
@@ -233,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", help="write the pid here once connected (used by the stack)")
     p.set_defaults(func=_worker)
 
+    from toolkit.cli.audit import add_parser as add_audit_parser
     from toolkit.cli.notebooks import add_parser as add_notebooks_parser
 
+    add_audit_parser(sub, _audit)
     add_notebooks_parser(sub, _notebooks)
     return parser
 

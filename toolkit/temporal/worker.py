@@ -20,6 +20,7 @@ from toolkit.ports import free_port, port_in_use
 from toolkit.settings import Settings
 from toolkit.temporal.activities import BatchActivities
 from toolkit.temporal.client import connect
+from toolkit.temporal.payload_metrics import PayloadMetricsInterceptor, bucket_overrides
 from toolkit.temporal.workflows import ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ def build_worker(
         workflows=[ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow],
         activities=activities.all(),
         max_concurrent_activities=settings.worker_max_concurrent_activities,
+        # temporal_payload_size_bytes on the worker's /metrics, and a warning once per run past 512 KiB.
+        interceptors=[PayloadMetricsInterceptor()],
         # The SDK otherwise sends heartbeats only every 0.8 x heartbeat_timeout (16 s here), so a retry
         # would resume from a checkpoint that old. One a second keeps the resume point fresh.
         max_heartbeat_throttle_interval=timedelta(seconds=1),
@@ -42,7 +45,7 @@ def build_worker(
 
 
 def install_metrics_runtime(settings: Settings) -> str | None:
-    """Export the Temporal SDK's metrics (task latencies, slots, polls, failures) for Prometheus.
+    """Export the Temporal SDK's metrics (task latencies, slots, polls, failures, payload sizes).
 
     With ``WORKER_METRICS_PORT`` set, the SDK's runtime serves them at
     ``http://<BIND_HOST>:<port>/metrics``. It must become the default runtime before the client
@@ -62,7 +65,8 @@ def install_metrics_runtime(settings: Settings) -> str | None:
             port,
         )
     bind = f"{settings.bind_host}:{port}"
-    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
+    prometheus = PrometheusConfig(bind_address=bind, histogram_bucket_overrides=bucket_overrides())
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=prometheus))
     Runtime.set_default(runtime, error_if_already_set=True)
     return f"http://{bind}/metrics"
 

@@ -37,6 +37,7 @@ SUMMARY_MIME = "application/vnd.batch-memory-toolkit.summary+json"
 KERNEL_NAME = "python3"  # papermill resolves it to this interpreter's own ipykernel
 # What `make run` passes instead of each notebook's CI-sized defaults (the defaults are what nbval runs).
 FULL_PARAMETERS: dict[str, dict[str, Any]] = {
+    "00_payload_audit": {"TOP_N": 10},
     "01_payload_size_metrics": {"SIZES": [10, 100, 1000, 10_000]},
     "02_compression_ratio_analysis": {
         "SIZES": [10, 100, 1000, 10_000],
