@@ -3,6 +3,7 @@
 const express = require('express');
 const { ParseServer } = require('parse-server');
 const FSFilesAdapter = require('@parse/fs-files-adapter');
+const { requestCounter } = require('./request-counts');
 
 const env = (name, fallback) => {
   const value = process.env[name];
@@ -50,7 +51,10 @@ async function main() {
   const server = new ParseServer(config);
   await server.start();
   const app = express();
+  const counts = requestCounter();
+  app.use(mountPath, counts.middleware);
   app.use(mountPath, server.app);
+  app.get('/metrics', (req, res) => res.type('text/plain; version=0.0.4').send(counts.render()));
   const httpServer = app.listen(port, host, () => {
     console.log(`parse-server listening on http://${host}:${port}${mountPath}`);
   });

@@ -67,6 +67,11 @@ class ParseServer(StackPart):
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/parse"
 
+    @property
+    def metrics_url(self) -> str:
+        """Requests answered by method and route, and /batch sub-requests (parse-server/request-counts.js)."""
+        return f"http://{self.host}:{self.port}/metrics"
+
     def healthy(self) -> bool:
         return http_ok(f"{self.url}/health", lambda response: response.json().get("status") == "ok")
 

@@ -1,0 +1,77 @@
+// Counts the HTTP requests this Parse Server answers, and the sub-requests inside each /batch, so a
+// measurement can say how many Parse round trips a batch costs (`toolkit saturation` reads them).
+// Parse Server has no such counter of its own. Served as Prometheus text at GET /metrics, beside the
+// /parse mount. Labels hold methods, route roots, class names and status classes only: never ids,
+// keys or content. The number of series is capped, so requests to made-up paths cannot grow it.
+
+const MAX_SERIES = 200;
+const NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+
+// "/classes/Memory/abc" → ["classes", "Memory"]; "/batch" → ["batch", ""]; odd names → "other".
+function routeOf(path) {
+  const [root = '', second = ''] = path.split('/').filter(Boolean);
+  const resource = NAME.test(root) ? root : 'other';
+  const className = resource === 'classes' && NAME.test(second) ? second : '';
+  return [resource, className];
+}
+
+function labelValue(value) {
+  return String(value).replace(/\\/g, '\\\\').replace(/"/g, '\\"');
+}
+
+function requestCounter() {
+  const requests = new Map(); // "method\tresource\tclass\tstatus" → count
+  const subrequests = new Map(); // method of each /batch sub-request → count
+
+  const bump = (map, key, by = 1) => {
+    const known = map.has(key);
+    if (!known && map.size >= MAX_SERIES) {
+      key = map === requests ? 'OTHER\tother\t\tother' : 'OTHER';
+    }
+    map.set(key, (map.get(key) || 0) + by);
+  };
+
+  // Mounted on the same path as Parse: req.path is relative to it. Counted once the answer is sent,
+  // when Parse's own body parser has read a /batch body.
+  function middleware(req, res, next) {
+    const [resource, className] = routeOf(req.path);
+    res.on('finish', () => {
+      const status = `${Math.floor(res.statusCode / 100)}xx`;
+      bump(requests, [req.method, resource, className, status].join('\t'));
+      const inner = req.body && req.body.requests;
+      if (resource === 'batch' && Array.isArray(inner)) {
+        for (const sub of inner) {
+          const method = sub && typeof sub.method === 'string' ? sub.method.toUpperCase() : 'OTHER';
+          bump(subrequests, /^[A-Z]{1,10}$/.test(method) ? method : 'OTHER');
+        }
+      }
+    });
+    next();
+  }
+
+  function render() {
+    const lines = [
+      '# HELP parse_server_requests_total HTTP requests answered by Parse Server',
+      '# TYPE parse_server_requests_total counter',
+    ];
+    for (const [key, count] of requests) {
+      const [method, resource, className, status] = key.split('\t');
+      lines.push(
+        `parse_server_requests_total{method="${labelValue(method)}",resource="${labelValue(resource)}",` +
+          `class="${labelValue(className)}",status="${labelValue(status)}"} ${count}`
+      );
+    }
+    lines.push(
+      '# HELP parse_server_batch_subrequests_total Sub-requests inside /batch requests, by method',
+      '# TYPE parse_server_batch_subrequests_total counter'
+    );
+    for (const [method, count] of subrequests) {
+      lines.push(`parse_server_batch_subrequests_total{method="${labelValue(method)}"} ${count}`);
+    }
+    return lines.join('\n') + '\n';
+  }
+
+  return { middleware, render };
+}
+
+module.exports = { requestCounter };
