@@ -119,6 +119,12 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
     return audit_command(args, settings)
 
 
+def _saturation(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit.cli.saturation import saturation_command
+
+    return saturation_command(args, settings)
+
+
 def _notebooks(args: argparse.Namespace, settings: Settings) -> int:
     from toolkit.cli.notebooks import notebooks_command
 
@@ -241,9 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from toolkit.cli.audit import add_parser as add_audit_parser
     from toolkit.cli.notebooks import add_parser as add_notebooks_parser
+    from toolkit.cli.saturation import add_parser as add_saturation_parser
 
     add_audit_parser(sub, _audit)
     add_notebooks_parser(sub, _notebooks)
+    add_saturation_parser(sub, _saturation)
     return parser
 
 

@@ -1,0 +1,71 @@
+"""Profiles of running processes (issue 19): py-spy records summed into the functions that burn the CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from toolkit.validation.perf.profile import ProfilerUnavailable, profiling, summarize
+
+HOT_SCRIPT = """
+import time
+
+def spin_here():
+    end = time.monotonic() + 30
+    count = 0
+    while time.monotonic() < end:
+        count += 1
+
+spin_here()
+"""
+
+RECORD = """\
+main (toolkit/cli/__init__.py:1);run (toolkit/api/app.py:5);iterencode (json/encoder.py:1) 3
+main (toolkit/cli/__init__.py:1);run (toolkit/api/app.py:5) 1
+main (toolkit/cli/__init__.py:1);_run_once (asyncio/base_events.py:1);EpollSelector.select (selectors.py:4) 6
+"""
+
+
+def test_a_summary_leaves_waits_out_and_names_our_own_functions(tmp_path: Path) -> None:
+    record = tmp_path / "api.txt"
+    record.write_text(RECORD)
+    profile = summarize(record, "api")
+    assert (profile.samples, profile.waiting) == (4, 6)
+    shares = [(f.function, f.self_share, f.total_share) for f in profile.functions]
+    assert shares == [
+        ("iterencode (json/encoder.py:1)", 0.75, 0.75),
+        ("run (toolkit/api/app.py:5)", 0.25, 1.0),
+    ]
+    # Our functions by what they cost in all (the command line that started the process left out).
+    assert [(f.function, f.total_share) for f in profile.toolkit] == [("run (toolkit/api/app.py:5)", 1.0)]
+    assert profile.packages == [("json", 0.75), ("toolkit.api", 0.25)]
+
+
+async def test_a_profile_of_a_running_process_names_the_function_that_burns_the_cpu(tmp_path: Path) -> None:
+    script = tmp_path / "hot.py"
+    script.write_text(HOT_SCRIPT)
+    process = subprocess.Popen([sys.executable, str(script)])
+    try:
+        await asyncio.sleep(0.5)
+        async with profiling({"hot": process.pid}, tmp_path / "records") as files:
+            await asyncio.sleep(2.0)
+        profile = summarize(files["hot"], "hot")
+    finally:
+        process.kill()
+        process.wait()
+    assert profile.samples > 0
+    top = profile.functions[0]
+    assert top.function.startswith("spin_here (hot.py:"), profile.functions
+    assert top.self_share > 0.5
+
+
+async def test_a_process_that_is_gone_gives_a_clear_error(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with pytest.raises(ProfilerUnavailable, match="py-spy wrote no record for gone"):
+        async with profiling({"gone": gone.pid}, tmp_path):
+            await asyncio.sleep(0.5)

@@ -1,0 +1,193 @@
+"""The saturation measurement (issue 19): its plan, ratios and counters, and one tiny run on the real stack.
+
+Only what is deterministic is asserted: rounds, counts of batches and memories, the requests and calls a
+batch makes where their number is fixed by the code, and that two independent counts agree (what Parse
+and Temporal counted against what the API reported in its Server-Timing). Never a time or a rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import httpx
+import pytest
+
+from toolkit import stack
+from toolkit.cli.saturation import saturation_command
+from toolkit.parse import ParseClient
+from toolkit.parse.errors import ObjectNotFound
+from toolkit.rollout import read_flags
+from toolkit.settings import Settings
+from toolkit.timing import collect, parse_counts, span
+from toolkit.validation.perf import server_counts
+from toolkit.validation.perf.saturation import (
+    SaturationPlan,
+    SaturationRow,
+    attach_ratios,
+    measure_saturation,
+)
+
+PROBE_CLASS = "SaturationCountProbe"  # no such class: nothing else ever asks Parse for it
+
+
+def _row(path: str, rate: float, wait: str = "poll") -> SaturationRow:
+    return SaturationRow(
+        path=path,
+        wait="" if path == "direct" else wait,
+        submitters=1,
+        batches=1,
+        completed=1,
+        memories=100,
+        seconds=1.0,
+        memories_per_s=rate,
+    )
+
+
+def test_each_path_round_is_compared_with_the_direct_round_just_before_it() -> None:
+    rows = attach_ratios(
+        [
+            _row("reference", 100.0),  # before any direct round: nothing to compare with
+            _row("direct", 1000.0),
+            _row("reference", 250.0),
+            _row("legacy", 50.0),
+            _row("direct", 500.0),
+            _row("reference", 250.0, wait="webhook"),
+        ]
+    )
+    assert [(r.vs_direct, r.direct_memories_per_s) for r in rows] == [
+        (None, None),
+        (1.0, 1000.0),
+        (0.25, 1000.0),
+        (0.05, 1000.0),
+        (1.0, 500.0),
+        (0.5, 500.0),
+    ]
+
+
+def test_the_plan_takes_turns_and_sets_the_canary_for_its_paths() -> None:
+    plan = SaturationPlan(concurrency=(1, 4), webhook_paths=("reference", "legacy"))
+    assert [r.label for r in plan.rounds()] == [
+        "direct-1",
+        "reference-poll-1",
+        "legacy-poll-1",
+        "direct-4",
+        "reference-poll-4",
+        "legacy-poll-4",
+        "reference-webhook-4",
+        "legacy-webhook-4",
+    ]
+    assert plan.percent == 50
+    assert SaturationPlan(paths=("reference",)).percent == 100
+    assert SaturationPlan(paths=("legacy",), webhook_paths=()).percent == 0
+    for bad in ({"concurrency": (0,)}, {"concurrency": (65,)}, {"paths": ("other",)}, {"poll_interval_s": 0}):
+        with pytest.raises(ValueError):
+            SaturationPlan(**bad)  # type: ignore[arg-type]
+
+
+def test_server_timing_counts_each_round_trip() -> None:
+    with collect() as timings:
+        for _ in range(3):
+            with span("parse.GET.classes"):
+                pass
+        with span("temporal.start"):
+            pass
+    header = timings.header()
+    assert parse_counts(header) == {"parse.GET.classes": 3, "temporal.start": 1}
+    assert "parse.GET.classes;dur=" in header and ";count=3" in header and "temporal.start;dur=" in header
+
+
+def test_saturation_command_refuses_bad_arguments_before_starting_anything(
+    settings: Settings, capsys
+) -> None:
+    base = dict(
+        concurrency=[1], batches=1, memories=10, poll_interval=0.25, paths=["reference"], webhook_paths=[],
+        workers=1, workload="synthetic", profile=None, json=False,
+    )  # fmt: skip
+    for change in ({"concurrency": [0]}, {"concurrency": [65]}, {"batches": 0}, {"poll_interval": 0.0}):
+        assert saturation_command(argparse.Namespace(**(base | change)), settings) == 2
+    assert "concurrency levels must be 1..64" in capsys.readouterr().out
+
+
+async def test_parse_counts_every_request_it_answers_and_every_batch_sub_request(
+    settings: Settings, parse: ParseClient
+) -> None:
+    rows = {row.name: row for row in await asyncio.to_thread(stack.status, settings)}
+    assert rows["parse"].metrics_url == settings.parse_metrics_url
+    assert rows["temporal"].metrics_url == settings.temporal_metrics_url is not None
+    assert f"TEMPORAL_METRICS_PORT={settings.temporal_metrics_port}" in settings.stack_env_file.read_text()
+
+    async with httpx.AsyncClient() as http:
+        before = await server_counts.read(http, settings)
+        lookups = [{"method": "GET", "path": f"/parse/classes/{PROBE_CLASS}/x{i}"} for i in range(3)]
+        await parse.request("POST", "batch", json_body={"requests": lookups}, master=True)
+        with pytest.raises(ObjectNotFound):
+            await parse.get_object(PROBE_CLASS, "missing", master=True)
+        after = await server_counts.read(http, settings)
+    counted = server_counts.delta(before, after)
+    assert counted.parse_requests[f"GET classes/{PROBE_CLASS}"] == 1
+    assert counted.parse_requests["POST batch"] == 1
+    assert counted.parse_batch_subrequests == 3
+    assert counted.parse_error_answers == 1
+
+
+async def test_a_tiny_saturation_run_counts_every_batch_and_the_requests_it_made(settings: Settings) -> None:
+    plan = SaturationPlan(
+        concurrency=(2,),
+        batches_per_submitter=1,
+        memories_per_batch=10,
+        webhook_paths=("reference", "legacy"),
+        workload="synthetic",
+        batch_timeout_s=240,
+    )
+    async with ParseClient(settings) as parse:
+        flags_before = await read_flags(parse, settings)
+    rows = await measure_saturation(settings, plan)
+    async with ParseClient(settings) as parse:
+        assert await read_flags(parse, settings) == flags_before  # the run put the flags back
+
+    by_label = {row.label: row for row in rows}
+    assert list(by_label) == [
+        "direct-2",
+        "reference-poll-2",
+        "legacy-poll-2",
+        "reference-webhook-2",
+        "legacy-webhook-2",
+    ]
+    for row in rows:  # every batch of every round completed, every memory written
+        assert (row.batches, row.completed, row.memories) == (2, 2, 20), row
+        assert row.vs_direct is not None and row.vs_direct > 0
+        assert {"api", "worker", "parse", "postgres", "temporal", "client"} <= set(row.cpu_s_per_batch), row
+        assert all(cpu >= 0 for cpu in row.cpu_s_per_batch.values())
+        assert row.machine_busy is not None and 0 <= row.machine_busy <= 1
+        assert row.parse_batch_subrequests == 20  # each memory once, through Parse's /batch
+        assert row.errors == ()
+
+    # Direct: the 20 memories in one /batch call of up to 50; nothing else, and no Temporal work.
+    direct = by_label["direct-2"]
+    assert direct.parse_requests == {"POST batch": 1}
+    assert direct.temporal_calls_per_batch == 0 and direct.api_spans == {}
+
+    for label in ("reference-poll-2", "reference-webhook-2"):
+        row = by_label[label]
+        # Per batch: one file upload, one request object, one download, one /batch call of 10 memories.
+        for route in ("POST files", "POST classes/BatchMemoryRequest", "GET files", "POST batch"):
+            assert row.parse_requests[route] == 2, (label, route, row.parse_requests)
+        # What Parse and Temporal counted agrees with what the API reported doing.
+        assert row.api_spans["parse.POST.files"] == row.parse_requests["POST files"]
+        assert row.api_spans["temporal.start"] == row.temporal_calls["StartWorkflowExecution"] == 2
+    # The webhook round sends one webhook per batch from a second activity, and never polls.
+    webhook = by_label["reference-webhook-2"]
+    assert webhook.webhooks_received == 2 and webhook.status_polls_per_batch == 0
+    assert webhook.temporal_calls["RespondActivityTaskCompleted"] == 2 * 2
+    poll = by_label["reference-poll-2"]
+    assert poll.temporal_calls["RespondActivityTaskCompleted"] == 2 and poll.status_polls_per_batch >= 1
+
+    for label in ("legacy-poll-2", "legacy-webhook-2"):
+        row = by_label[label]
+        # The legacy fan-out writes each memory in its own /batch call, from an activity of its own.
+        assert row.parse_requests["POST batch"] == 20
+        assert row.parse_requests.get("POST files", 0) == 0
+        assert row.temporal_calls["StartWorkflowExecution"] == row.api_spans["temporal.start"] == 2
+        assert row.temporal_calls["RespondActivityTaskCompleted"] >= 20
+    assert by_label["legacy-webhook-2"].webhooks_received == 2

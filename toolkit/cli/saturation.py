@@ -1,0 +1,140 @@
+"""``toolkit saturation``: many batches at once on both paths, beside writing directly, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from toolkit.settings import Settings
+from toolkit.validation.perf import profile
+from toolkit.validation.perf.saturation import (
+    MAX_SUBMITTERS,
+    Round,
+    SaturationError,
+    SaturationPlan,
+    format_counts,
+    format_header,
+    format_row,
+    measure_saturation,
+)
+from toolkit.validation.perf.server_counts import CountsUnavailable
+from toolkit.validation.perf.variants import RunningVariant, VariantError
+
+
+def add_parser(sub: Any, func: Callable[[argparse.Namespace, Settings], int]) -> None:
+    p = sub.add_parser(
+        "saturation",
+        help="many batches at once through the API, both paths, beside writing straight to Parse (one run)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 4, 16],
+        help=f"submitters per round (1-{MAX_SUBMITTERS})",
+    )
+    p.add_argument(
+        "--batches", type=int, default=3, help="batches each submitter sends back to back per round"
+    )
+    p.add_argument("--memories", type=int, default=100, help="memories per batch")
+    p.add_argument(
+        "--poll-interval", type=float, default=0.25, help="seconds between status polls of a batch"
+    )
+    p.add_argument("--paths", nargs="+", choices=["reference", "legacy"], default=["reference", "legacy"])
+    p.add_argument(
+        "--webhook-paths",
+        nargs="*",
+        choices=["reference", "legacy"],
+        default=["reference"],
+        help="paths measured once more at the highest concurrency, waiting for webhooks instead of polling",
+    )
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample the API and worker(s) with py-spy during each path round; records go to DIR",
+    )
+    p.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    p.set_defaults(func=func)
+
+
+def _profiler(
+    out_dir: Path, summaries: list[profile.Profile]
+) -> Callable[[Round, RunningVariant], AbstractAsyncContextManager[Any]]:
+    """Wraps each path round in a py-spy record of the variant's API and worker(s)."""
+
+    def around(round_: Round, variant: RunningVariant) -> AbstractAsyncContextManager[Any]:
+        @asynccontextmanager
+        async def recording() -> AsyncIterator[None]:
+            async with profile.profiling(variant.pids, out_dir / round_.label) as files:
+                yield
+            for label, record in files.items():
+                summaries.append(profile.summarize(record, f"{round_.label} {label}"))
+
+        return recording()
+
+    return around
+
+
+def saturation_command(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        plan = SaturationPlan(
+            concurrency=tuple(args.concurrency),
+            paths=tuple(args.paths),
+            batches_per_submitter=args.batches,
+            memories_per_batch=args.memories,
+            poll_interval_s=args.poll_interval,
+            webhook_paths=tuple(args.webhook_paths),
+            workload=args.workload,
+            workers=args.workers,
+        )
+    except ValueError as exc:
+        print(f"saturation: {exc}")
+        return 2
+    summaries: list[profile.Profile] = []
+    around = None
+    if args.profile:
+        try:
+            profile.py_spy()
+        except profile.ProfilerUnavailable as exc:
+            print(f"saturation: {exc}")
+            return 2
+        around = _profiler(Path(args.profile), summaries)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(
+        f"{plan.memories_per_batch}-memory {plan.workload} batches, {plan.batches_per_submitter} per "
+        f"submitter per round, status polled every {plan.poll_interval_s:g} s; direct = Parse /batch, "
+        f"{plan.direct_batch_size} per call, {plan.direct_in_flight} in flight"
+    )
+    print(
+        "(ratios are to the direct round just before; CPU and requests are per batch; load average at start: "
+        f"{', '.join(f'{v:.2f}' for v in load) if load else 'unknown'})"
+    )
+    print(format_header())
+    try:
+        rows = asyncio.run(measure_saturation(settings, plan, echo=print, around_path_round=around))
+    except (SaturationError, CountsUnavailable, VariantError, profile.ProfilerUnavailable) as exc:
+        print(f"saturation not measured: {exc}")
+        return 1
+    print("-- the same rows, every round:")
+    print(format_header())
+    for row in rows:
+        print(format_row(row))
+    print("-- the requests behind them, per batch:")
+    for row in rows:
+        for line in format_counts(row):
+            print(line)
+    for summary in summaries:
+        for line in profile.format_profile(summary):
+            print(line)
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+    return 0 if all(r.completed == r.batches for r in rows) else 1

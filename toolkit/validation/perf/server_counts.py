@@ -1,0 +1,188 @@
+"""Round trips counted by the servers that answer them: Parse Server's requests, Temporal's calls.
+
+Counted where the work arrives, so every caller is seen (API, worker, this process) without touching them:
+
+- **Parse**: ``parse_server_requests_total{method,resource,class,status}`` and
+  ``parse_server_batch_subrequests_total`` from the stack's Parse Server (``parse-server/request-counts.js``,
+  at :attr:`Settings.parse_metrics_url`). Parse itself keeps no such count.
+- **Temporal**: the dev server's own ``service_requests{namespace,operation,service_name="frontend"}``
+  (every gRPC call a client or worker made in the namespace, long polls included) and
+  ``persistence_requests{namespace}`` (its reads and writes to its database), at
+  :attr:`Settings.temporal_metrics_url`. The SDK's metrics would see one process only; the server sees all.
+
+A measurement reads both before and after a window and keeps the difference (:func:`delta`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+
+from toolkit.settings import Settings
+
+SCRAPE_TIMEOUT_S = 10.0
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_ESCAPE = re.compile(r"\\(.)")
+SETTLE_POLL_S = 0.25
+SETTLE_QUIET_S = 1.5  # longer than the Temporal dev server's metrics lag (~1 s measured)
+SETTLE_MAX_S = 30.0
+# Calls a worker makes whether or not there is work: long polls (kept open all the time, so their number
+# follows time and pollers), its periodic heartbeat and its start-up questions.
+POLL_PREFIX = "Poll"
+IDLE_OPERATIONS = frozenset({"RecordWorkerHeartbeat", "DescribeNamespace", "GetSystemInfo", "ShutdownWorker"})
+
+
+class CountsUnavailable(Exception):
+    """A server's metrics could not be read (a stack started before it served them, or not local)."""
+
+
+@dataclass(frozen=True)
+class ServerCounts:
+    # "POST batch", "GET classes/BatchMemoryRequest", "POST files", … → requests answered
+    parse_requests: Counter[str] = field(default_factory=Counter)
+    parse_error_answers: int = 0  # of those, answered 4xx or 5xx
+    parse_batch_subrequests: int = 0  # operations inside the /batch requests
+    temporal_calls: Counter[str] = field(default_factory=Counter)  # gRPC operation → calls
+    temporal_persistence: int = 0  # the dev server's own database operations
+
+    @property
+    def parse_total(self) -> int:
+        return sum(self.parse_requests.values())
+
+    @property
+    def temporal_work_calls(self) -> int:
+        """Calls that carry work (starts, task completions, activity heartbeats…): idle traffic left out."""
+        return sum(n for op, n in self.temporal_calls.items() if not is_idle_operation(op))
+
+    @property
+    def temporal_idle_calls(self) -> int:
+        """Long polls and the workers' own heartbeats: they follow time and pollers, not batches."""
+        return sum(n for op, n in self.temporal_calls.items() if is_idle_operation(op))
+
+    @property
+    def work(self) -> tuple[int, int, int]:
+        """What moves only when work is done: Parse requests, /batch sub-requests, Temporal work calls."""
+        return self.parse_total, self.parse_batch_subrequests, self.temporal_work_calls
+
+
+def is_idle_operation(operation: str) -> bool:
+    return operation.startswith(POLL_PREFIX) or operation in IDLE_OPERATIONS
+
+
+def _samples(text: str, *names: str) -> Iterator[tuple[dict[str, str], int]]:
+    """(labels, value) of every sample of the named counters in Prometheus text.
+
+    A line scan, not a full parse: the dev server's page is several MB of histograms, which
+    ``prometheus_client``'s parser takes seconds to read, and only a few counters matter here.
+    """
+    prefixes = tuple(f"{name}{{" for name in names)
+    for line in text.splitlines():
+        if line.startswith(prefixes):
+            labels, _, value = line[line.index("{") + 1 :].rpartition("} ")
+            yield {k: _unescape(v) for k, v in _LABEL.findall(labels)}, int(float(value))
+
+
+def _unescape(value: str) -> str:
+    """Prometheus label escapes: ``\\\\``, ``\\"`` and ``\\n``."""
+    return _ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def parse_counts_from_text(text: str) -> tuple[Counter[str], int, int]:
+    """(requests by "METHOD resource[/class]", error answers, /batch sub-requests) from Parse's /metrics."""
+    requests: Counter[str] = Counter()
+    errors = 0
+    for labels, value in _samples(text, "parse_server_requests_total"):
+        route = labels["resource"] + (f"/{labels['class']}" if labels.get("class") else "")
+        requests[f"{labels['method']} {route}"] += value
+        if labels.get("status") in {"4xx", "5xx"}:
+            errors += value
+    subrequests = sum(value for _, value in _samples(text, "parse_server_batch_subrequests_total"))
+    return requests, errors, subrequests
+
+
+def temporal_counts_from_text(text: str, namespace: str) -> tuple[Counter[str], int]:
+    """(frontend calls by operation, persistence operations) of one namespace, from Temporal's /metrics."""
+    calls: Counter[str] = Counter()
+    for labels, value in _samples(text, "service_requests", "service_requests_total"):
+        if labels.get("namespace") == namespace and labels.get("service_name") == "frontend":
+            calls[labels["operation"]] += value
+    persistence = sum(
+        value
+        for labels, value in _samples(text, "persistence_requests", "persistence_requests_total")
+        if labels.get("namespace") == namespace
+    )
+    return calls, persistence
+
+
+async def _scrape(http: httpx.AsyncClient, url: str | None, what: str) -> str:
+    if url is None:
+        raise CountsUnavailable(
+            f"no {what} metrics URL: restart the local stack (`toolkit stack down` then `up`) so it picks "
+            "TEMPORAL_METRICS_PORT"
+        )
+    try:
+        response = await http.get(url, timeout=SCRAPE_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        raise CountsUnavailable(f"{what} metrics at {url} unreachable: {type(exc).__name__}") from exc
+    if response.status_code != 200:
+        raise CountsUnavailable(
+            f"{what} metrics at {url} answered {response.status_code}: a stack started by an older "
+            "checkout does not serve them; restart it (`toolkit stack down` then `up`)"
+        )
+    return response.text
+
+
+async def read(http: httpx.AsyncClient, settings: Settings) -> ServerCounts:
+    """The counters as they stand now (since each server started; Temporal's lag by up to a second)."""
+    parse_text = await _scrape(http, settings.parse_metrics_url, "Parse Server")
+    temporal_text = await _scrape(http, settings.temporal_metrics_url, "Temporal dev server")
+    requests, errors, subrequests = parse_counts_from_text(parse_text)
+    calls, persistence = temporal_counts_from_text(temporal_text, settings.temporal_namespace)
+    return ServerCounts(requests, errors, subrequests, calls, persistence)
+
+
+def delta(before: ServerCounts, after: ServerCounts) -> ServerCounts:
+    """What the servers counted between two readings (series that did not move are left out)."""
+    return ServerCounts(
+        after.parse_requests - before.parse_requests,
+        after.parse_error_answers - before.parse_error_answers,
+        after.parse_batch_subrequests - before.parse_batch_subrequests,
+        after.temporal_calls - before.temporal_calls,
+        after.temporal_persistence - before.temporal_persistence,
+    )
+
+
+async def read_settled(
+    http: httpx.AsyncClient,
+    settings: Settings,
+    *,
+    quiet_s: float = SETTLE_QUIET_S,
+    max_s: float = SETTLE_MAX_S,
+    unless_equal_to: ServerCounts | None = None,
+) -> ServerCounts:
+    """The counters once the work they count has stopped moving for ``quiet_s`` (at most ``max_s``).
+
+    A batch's last calls (the workflow's final task) land after the client saw it finish, and the
+    Temporal dev server publishes its counters up to about a second late. With ``unless_equal_to``
+    (the previous settled reading), a reading whose work has not moved since is taken at once.
+    """
+    started = time.monotonic()
+    last = await read(http, settings)
+    if unless_equal_to is not None and last.work == unless_equal_to.work:
+        return last
+    quiet_since = time.monotonic()
+    while time.monotonic() - started < max_s:
+        await asyncio.sleep(SETTLE_POLL_S)
+        now = await read(http, settings)
+        if now.work != last.work:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return now
+        last = now
+    return last
