@@ -45,6 +45,12 @@ FULL_PARAMETERS: dict[str, dict[str, Any]] = {
         "ZSTD_LEVELS": [1, 3, 9, 19],
     },
     "05_monitoring": {"WINDOW_HOURS": 24},
+    "07_throughput": {
+        "CONCURRENCY": [1, 4, 16, 40],
+        "BATCHES_PER_SUBMITTER": 2,
+        "MEMORIES_PER_BATCH": 100,
+        "WORKLOAD": "chitchat",
+    },
 }
 _CELL_TIMEOUT_S = 900
 
