@@ -62,19 +62,22 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace, Settings], int]) ->
         metavar="DIR",
         help="sample the API and worker(s) with py-spy during each path round; records go to DIR",
     )
+    p.add_argument(
+        "--profile-rate", type=int, default=profile.SAMPLE_RATE_HZ, help="py-spy samples per second (1-1000)"
+    )
     p.add_argument("--json", action="store_true", help="also print the rows as JSON")
     p.set_defaults(func=func)
 
 
 def _profiler(
-    out_dir: Path, summaries: list[profile.Profile]
+    out_dir: Path, rate_hz: int, summaries: list[profile.Profile]
 ) -> Callable[[Round, RunningVariant], AbstractAsyncContextManager[Any]]:
     """Wraps each path round in a py-spy record of the variant's API and worker(s)."""
 
     def around(round_: Round, variant: RunningVariant) -> AbstractAsyncContextManager[Any]:
         @asynccontextmanager
         async def recording() -> AsyncIterator[None]:
-            async with profile.profiling(variant.pids, out_dir / round_.label) as files:
+            async with profile.profiling(variant.pids, out_dir / round_.label, rate_hz=rate_hz) as files:
                 yield
             for label, record in files.items():
                 summaries.append(profile.summarize(record, f"{round_.label} {label}"))
@@ -102,12 +105,15 @@ def saturation_command(args: argparse.Namespace, settings: Settings) -> int:
     summaries: list[profile.Profile] = []
     around = None
     if args.profile:
+        if not 1 <= args.profile_rate <= 1000:
+            print(f"saturation: --profile-rate takes 1-1000, got {args.profile_rate}")
+            return 2
         try:
             profile.py_spy()
         except profile.ProfilerUnavailable as exc:
             print(f"saturation: {exc}")
             return 2
-        around = _profiler(Path(args.profile), summaries)
+        around = _profiler(Path(args.profile), args.profile_rate, summaries)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(
         f"{plan.memories_per_batch}-memory {plan.workload} batches, {plan.batches_per_submitter} per "

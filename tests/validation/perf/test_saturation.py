@@ -102,7 +102,7 @@ def test_saturation_command_refuses_bad_arguments_before_starting_anything(
 ) -> None:
     base = dict(
         concurrency=[1], batches=1, memories=10, poll_interval=0.25, paths=["reference"], webhook_paths=[],
-        workers=1, workload="synthetic", profile=None, json=False,
+        workers=1, workload="synthetic", profile=None, profile_rate=100, json=False,
     )  # fmt: skip
     for change in ({"concurrency": [0]}, {"concurrency": [65]}, {"batches": 0}, {"poll_interval": 0.0}):
         assert saturation_command(argparse.Namespace(**(base | change)), settings) == 2
