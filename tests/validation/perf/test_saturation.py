@@ -98,15 +98,23 @@ def test_server_timing_counts_each_round_trip() -> None:
 
 
 def test_saturation_command_refuses_bad_arguments_before_starting_anything(
-    settings: Settings, capsys
+    settings: Settings, capsys, tmp_path
 ) -> None:
     base = dict(
         concurrency=[1], batches=1, memories=10, poll_interval=0.25, paths=["reference"], webhook_paths=[],
         workers=1, workload="synthetic", profile=None, profile_rate=100, json=False,
     )  # fmt: skip
-    for change in ({"concurrency": [0]}, {"concurrency": [65]}, {"batches": 0}, {"poll_interval": 0.0}):
+    bad_profile = {"profile": str(tmp_path), "profile_rate": 0}
+    for change in (
+        {"concurrency": [0]},
+        {"concurrency": [65]},
+        {"batches": 0},
+        {"poll_interval": 0.0},
+        bad_profile,
+    ):
         assert saturation_command(argparse.Namespace(**(base | change)), settings) == 2
-    assert "concurrency levels must be 1..64" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "concurrency levels must be 1..64" in out and "--profile-rate takes 1-1000, got 0" in out
 
 
 async def test_parse_counts_every_request_it_answers_and_every_batch_sub_request(
