@@ -231,7 +231,10 @@ class _Window:
         self.counts = server_counts.delta(before, after)
         self.cpu = procstats.cpu_delta(cpu_before, cpu_after)
         if machine_before and machine_after and machine_after[1] > machine_before[1]:
-            self.busy = (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1])
+            # Rounded: both sides are sums of clock ticks turned into floats, and a fully busy machine
+            # came out as 1.0000000000010163.
+            busy = (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1])
+            self.busy = round(busy, 4)
 
 
 def _row(
