@@ -230,6 +230,23 @@ class ParseClient:
         retry = auth.pop("retry", False)
         return await self.request("POST", "batch", json_body={"requests": requests}, retry=retry, **auth)
 
+    async def transaction(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """POST /batch as one database transaction (master key): every sub-request lands, or none does.
+
+        A rolled-back transaction raises: Parse answers it with a bare 500 (code 1), whatever the cause
+        (a duplicate objectId, a missing object, the database), so the caller reads back what it needs
+        to tell them apart. Parse also closes the connection after that 500; reused from the pool, the
+        connection would fail the next request. The transaction therefore asks for a connection of its
+        own (``Connection: close``).
+        """
+        body = {"requests": requests, "transaction": True}
+        results = await self.request(
+            "POST", "batch", json_body=body, master=True, extra_headers={"Connection": "close"}
+        )
+        if isinstance(results, dict):  # a failed transaction may also answer with its one error
+            raise error_for(400, results)
+        return results
+
     async def upload_file(self, name: str, data: bytes, content_type: str, **auth: Any) -> dict[str, str]:
         return await self.request("POST", f"files/{name}", content=data, content_type=content_type, **auth)
 

@@ -22,8 +22,8 @@ With ``cap <= 0`` (no cap) a batch still takes a hold, without a slot: the holds
 ``toolkit cleanup`` recognises the chunk files of an upload still in progress.
 
 Parse answers a failed transaction with a bare 500 (code 1), whether a row was taken by someone else
-or the database failed; every transaction here is therefore followed, on failure, by a read that
-says which it was.
+or the database failed (:meth:`ParseClient.transaction`); every transaction here is therefore followed,
+on failure, by a read that says which it was.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from toolkit.parse._client import ParseClient
-from toolkit.parse.errors import ObjectNotFound, ParseError, error_for
+from toolkit.parse.errors import ObjectNotFound, ParseError
 from toolkit.parse.models import from_parse_date, to_parse_date, validate_object_id
 from toolkit.parse.schema import BATCH_SLOT, BATCH_SLOT_HOLD
 
@@ -114,14 +114,6 @@ async def holds_of(client: ParseClient, user_id: str) -> list[SlotHold]:
     return [SlotHold.from_parse(row) for row in rows]
 
 
-async def _transaction(client: ParseClient, requests: list[dict[str, Any]]) -> None:
-    """Run ``requests`` in one Parse transaction; raise a ParseError if it was rolled back."""
-    body = {"requests": requests, "transaction": True}
-    results = await client.request("POST", "batch", json_body=body, master=True)
-    if isinstance(results, dict):  # a failed transaction answers with its one error
-        raise error_for(400, results)
-
-
 async def _exists(client: ParseClient, class_name: str, object_id: str) -> dict[str, Any] | None:
     try:
         return await client.get_object(class_name, object_id, master=True)
@@ -164,8 +156,7 @@ async def take_slot(client: ParseClient, user_id: str, cap: int, *, batch_id: st
                 "ACL": {},
             }
             try:
-                await _transaction(
-                    client,
+                await client.transaction(
                     [
                         {
                             "method": "POST",
@@ -213,7 +204,7 @@ async def release(client: ParseClient, token: str) -> bool:
         path = f"{client.mount_path}/classes/{BATCH_SLOT}/{slot_id(hold.user_id, hold.slot)}"
         deletes.insert(0, {"method": "DELETE", "path": path})
     try:
-        await _transaction(client, deletes)
+        await client.transaction(deletes)
     except ParseError:
         if await _exists(client, BATCH_SLOT_HOLD, token) is None:
             return False  # released meanwhile by someone else: this release changes nothing

@@ -161,7 +161,6 @@ async def _record_errors(
                     }
                     for object_id in existing
                 ],
-                transaction=False,
             )
         if not new:
             return
@@ -175,7 +174,7 @@ async def _record_errors(
             for body in new
         ]
         try:
-            results = await _batch_or_raise(client, [*creates, increment], transaction=True)
+            results = await client.transaction([*creates, increment])
         except (DuplicateValue, ParseUnavailable):
             # The transaction was rolled back (Parse answers a duplicate inside a transaction with a
             # 500), or its answer was lost. Either way the objects and the count moved together:
@@ -196,16 +195,9 @@ async def _record_errors(
     )
 
 
-async def _batch_or_raise(
-    client: ParseClient, requests: list[dict[str, Any]], *, transaction: bool
-) -> list[dict[str, Any]]:
-    """POST /batch; raise the first sub-request's error as the matching ParseError."""
-    body: dict[str, Any] = {"requests": requests}
-    if transaction:
-        body["transaction"] = True
-    results = await client.request("POST", "batch", json_body=body, master=True)
-    if isinstance(results, dict):  # a transaction that failed answers with the one error
-        raise error_for(400, results)
+async def _batch_or_raise(client: ParseClient, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """POST /batch (not a transaction); raise the first sub-request's error as the matching ParseError."""
+    results = await client.batch(requests, master=True)
     for result in results:
         if "error" in result:
             raise error_for(400, result["error"])
