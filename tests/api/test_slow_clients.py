@@ -31,7 +31,8 @@ async def _stalled_submit(url: str, token: str) -> bytes:
     writer.write(head.encode() + b'{"memories": [{"content": "the start of a')
     await writer.drain()
     try:
-        answer = await asyncio.wait_for(reader.read(4096), timeout=30)
+        # The answer closes the connection: read to the end (headers and body may come in two reads).
+        answer = await asyncio.wait_for(reader.read(), timeout=30)
     finally:
         writer.close()
     return answer

@@ -181,6 +181,23 @@ async def test_parse_unreachable_is_parse_unavailable(
             await store.find_batch_request(client, f"down{unique}")
 
 
+async def test_parse_unavailable_names_no_address_and_logs_it(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The message reaches users (a batch-level failure, a chunk's "not processed" errors): the address
+    of the Parse Server stays in the log."""
+    port = _closed_port()
+    down = dataclasses.replace(settings, parse_server_url=f"http://127.0.0.1:{port}/parse")
+    async with ParseClient(down, retry_delays_s=()) as client:
+        with pytest.raises(ParseUnavailable) as unreachable:
+            await client.get_object("BatchMemoryRequest", "someRequest1", master=True)
+        with pytest.raises(ParseUnavailable) as download:
+            await client.download(f"http://127.0.0.1:{port}/parse/files/{down.parse_app_id}/x.json.gz")
+    for error in (unreachable.value, download.value):
+        assert str(error) == "Parse Server unreachable (ConnectError)"
+    assert f"Parse Server at http://127.0.0.1:{port}/parse unreachable: ConnectError" in caplog.text
+
+
 class _FilesUnreachable(httpx.AsyncBaseTransport):
     """The real transport, but every file download fails at the connection (the object GET works)."""
 

@@ -18,6 +18,7 @@ import pytest
 from toolkit.parse import ParseClient
 from toolkit.parse.errors import ParseUnavailable
 from toolkit.parse.memory_writer import (
+    NOT_OURS,
     MemoryWriter,
     WriteContext,
     WriteOutcome,
@@ -71,7 +72,7 @@ def memories_250() -> list[dict]:
     return chitchat_memories(245) + UNICODE_MEMORIES
 
 
-async def test_writes_250_memories_with_fields_and_owner_only_acl(
+async def test_writes_250_memories_with_fields_and_an_owner_read_only_acl(
     parse: ParseClient, user: ParseUser, other_user: ParseUser, batch_id: str, memories_250: list[dict]
 ) -> None:
     items = _items(memories_250)
@@ -87,7 +88,7 @@ async def test_writes_250_memories_with_fields_and_owner_only_acl(
         assert {k: row[k] for k in ("content", "type", "metadata")} == memory_fields(item)
         assert row["batchId"] == batch_id
         assert row["user"] == {"__type": "Pointer", "className": "_User", "objectId": user.object_id}
-        assert row["ACL"] == {user.object_id: {"read": True, "write": True}}
+        assert row["ACL"] == {user.object_id: {"read": True}}
     # Not public: another signed-in user finds none, the owner finds all.
     assert await parse.count("Memory", {"batchId": batch_id}, session_token=other_user.session_token) == 0
     assert await parse.count("Memory", {"batchId": batch_id}, session_token=user.session_token) == 250
@@ -105,7 +106,7 @@ async def test_org_role_members_can_read_but_not_others(
     assert all(o.ok for o in outcomes) and len(outcomes) == 20
     stored = await _stored(parse, batch_id)
     assert all(
-        row["ACL"] == {user.object_id: {"read": True, "write": True}, f"role:org_{org}": {"read": True}}
+        row["ACL"] == {user.object_id: {"read": True}, f"role:org_{org}": {"read": True}}
         for row in stored.values()
     )
     assert await parse.count("Memory", {"batchId": batch_id}, session_token=member.session_token) == 20
@@ -143,6 +144,47 @@ async def test_mix_of_fresh_and_already_written_indexes(
     assert await count_memories(parse, batch_id) == 100
 
 
+async def test_a_foreign_object_at_a_memory_id_is_a_failed_memory_not_an_already_written_one(
+    parse: ParseClient, user: ParseUser, other_user: ParseUser, batch_id: str
+) -> None:
+    """Objects planted before the permissions were closed (any signed-in user could create a Memory with
+    any objectId): the writer counts a duplicate as written only if it is this batch's own memory."""
+    foreign = {
+        2: {"batchId": batch_id, "index": 2, "user": other_user.object_id},  # another owner
+        5: {"batchId": "someOtherBatch", "index": 5, "user": user.object_id},  # another batch
+        7: {"batchId": batch_id, "index": 8, "user": user.object_id},  # another index
+    }
+    for index, planted in foreign.items():
+        await parse.create_object(
+            "Memory",
+            {
+                "objectId": memory_object_id(batch_id, index),
+                "content": "planted",
+                "batchId": planted["batchId"],
+                "index": planted["index"],
+                "user": {"__type": "Pointer", "className": "_User", "objectId": planted["user"]},
+                "ACL": {},
+            },
+            master=True,
+        )
+    writer = MemoryWriter(parse, batch_size=5)
+    context = WriteContext(batch_id, user.object_id)
+    items = _items(chitchat_memories(10))
+    await writer.write(context, items[:1])  # index 0 written by an earlier attempt
+
+    outcomes = await writer.write(context, items)
+
+    assert [(o.index, o.ok, o.already_written) for o in outcomes] == [
+        (i, i not in foreign, i == 0) for i in range(10)
+    ]
+    assert {o.index: o.error for o in outcomes if not o.ok} == {i: NOT_OURS for i in foreign}
+    rows = await parse.find("Memory", {"batchId": batch_id}, limit=100, master=True)
+    assert sorted(row["index"] for row in rows if row["content"] != "planted") == [
+        i for i in range(10) if i not in foreign
+    ]
+    await parse.delete_object("Memory", memory_object_id(batch_id, 5), master=True)  # not of this batch
+
+
 async def test_processor_is_applied_before_writing(
     parse: ParseClient, user: ParseUser, batch_id: str
 ) -> None:
@@ -157,12 +199,12 @@ async def test_processor_is_applied_before_writing(
     assert {i: row["content"] for i, row in stored.items()} == {i: item.content.upper() for i, item in items}
 
 
-async def test_processor_failure_fails_only_that_memory(
-    parse: ParseClient, user: ParseUser, batch_id: str
+async def test_processor_failure_fails_only_that_memory_and_its_message_stays_in_the_log(
+    parse: ParseClient, user: ParseUser, batch_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def flaky(index: int, item: MemoryItem) -> MemoryItem:
         if index == 3:
-            raise RuntimeError("enrichment service said no")
+            raise RuntimeError("enrichment service at http://10.1.2.3:8080 said no")
         return item
 
     outcomes = await MemoryWriter(parse, batch_size=5, processor=flaky).write(
@@ -171,7 +213,9 @@ async def test_processor_failure_fails_only_that_memory(
 
     failed = [o for o in outcomes if not o.ok]
     assert [o.index for o in failed] == [3]
-    assert failed[0].error == "processor failed: RuntimeError: enrichment service said no"
+    # The owner reads the error (/errors): the type only; the message may name anything internal.
+    assert failed[0].error == "processor failed: RuntimeError"
+    assert "http://10.1.2.3:8080 said no" in caplog.text
     assert sorted(await _stored(parse, batch_id)) == [i for i in range(12) if i != 3]
 
 

@@ -137,7 +137,10 @@ async def test_unusable_batch_file_fails_the_batch_once_notifies_and_leaks_nothi
     )
     assert request is not None and request.status == "failed"
     assert request.completed_at is not None
-    assert any("batch file" in e.error for e in request.errors)
+    # The owner reads the failure's type and a safe sentence; the file's name stays in the worker's log.
+    assert [e.error for e in request.errors if e.index == -1] == [
+        "CorruptBatchFile: the stored batch file could not be read"
+    ]
     assert await count_memories(parse, batch_id) == 0
     # The owner hears of the failure.
     [notified] = receiver.requests
