@@ -62,9 +62,16 @@ def test_ten_percent_canary_takes_about_ten_percent_of_users() -> None:
     assert 0.09 <= share <= 0.11, share
 
 
-def test_bucket_is_the_first_eight_bytes_of_sha256_mod_100() -> None:
-    digest = hashlib.sha256(b"abc123XYZ0").digest()
-    assert canary_bucket("abc123XYZ0") == int.from_bytes(digest[:8], "big") % 100
+# Pinned: every API process and every deploy must put a user in the same bucket, or a rollout at N %
+# moves users between the paths mid-flight (and a rollback no longer covers the users it covered).
+# Computed once outside Python, from the documented formula (the first 8 bytes of sha256, mod 100):
+#   printf '%s' u4 | openssl dgst -sha256 -r | cut -c1-16 | tr a-f A-F  →  echo "ibase=16; <hex> % 64" | bc
+# (64 in base 16 is 100). Never change these values: change the function only with a migration note.
+PINNED_BUCKETS = {"abc123XYZ0": 92, "0000000000": 13, "Ab3dEf9hIj": 62, "u4": 9, "u9": 18, "u6": 25}
+
+
+def test_buckets_are_pinned_to_values_computed_outside_the_code() -> None:
+    assert {user_id: canary_bucket(user_id) for user_id in PINNED_BUCKETS} == PINNED_BUCKETS
 
 
 def test_buckets_are_the_same_in_processes_with_different_hash_seeds(stack_environ: dict[str, str]) -> None:

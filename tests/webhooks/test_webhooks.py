@@ -8,8 +8,6 @@ recording transport standing in for a public receiver, which a local machine can
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import json
 import logging
@@ -133,12 +131,31 @@ def test_encode_body_is_compact_deterministic_json() -> None:
 # ---- sign / verify -----------------------------------------------------------------------------------------
 
 
+# Pinned: receivers verify with their own code, so the bytes sent and the MAC over them must never
+# change under them. The body is the payload() above as encode_body writes it; the MAC was computed
+# once outside Python, from the documented scheme (HMAC-SHA256 over "<t>." + the raw body):
+#   printf '%s' "1700000000.$BODY" | openssl dgst -sha256 -hmac whsec_test_7f3a9c2e
+PINNED_BODY = (
+    b'{"event":"batch.completed","batch_id":"batch-123","status":"completed","total":10,'
+    b'"successful":10,"failed":0,"completed_at":"2025-01-02T03:04:05.678Z"}'
+)
+PINNED_HEADER = "t=1700000000,v1=aea8e7e19f79f1e7a522b2f07e65ddde807ab41270ea73e18a8c723d2e1473df"
+
+
 def test_sign_is_hmac_sha256_over_timestamp_dot_raw_body() -> None:
     body = encode_body(payload())
+    assert body == PINNED_BODY
     header = sign(SECRET, body, 1_700_000_000)
-    expected = hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
-    assert header == f"t=1700000000,v1={expected}"
+    assert header == PINNED_HEADER
     assert SECRET not in header
+
+
+def test_verify_accepts_the_pinned_signature_and_only_for_its_exact_bytes() -> None:
+    assert verify_signature(SECRET, PINNED_HEADER, PINNED_BODY, now=1_700_000_000)
+    assert not verify_signature(
+        SECRET, PINNED_HEADER, PINNED_BODY.replace(b":10,", b":11,"), now=1_700_000_000
+    )
+    assert not verify_signature(SECRET + "x", PINNED_HEADER, PINNED_BODY, now=1_700_000_000)
 
 
 def test_verify_accepts_a_fresh_valid_signature_and_rejects_tampering() -> None:
