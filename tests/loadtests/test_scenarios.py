@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.fixtures.second_codec import document_bytes, gzip_size
 from toolkit.parse import ParseClient
-from toolkit.parse.codec import encode_memories
 from toolkit.parse.models import MemoryItem
 from toolkit.rollout import read_flags
 from toolkit.settings import REPO_ROOT, Settings
@@ -54,12 +54,13 @@ def job_row(loaded: load_report.LoadRun, name: str) -> pd.Series:
 
 
 def stored_bytes(settings: Settings, seeds: range, size: int) -> int:
-    """What the reference path stores for the synthetic batches of these seeds (gzip with mtime 0)."""
+    """What the reference path stores for the synthetic batches of these seeds, by a second
+    implementation of the file format (tests/fixtures/second_codec.py), not by the codec."""
     total = 0
     for seed in seeds:
         memories = synthetic_memories(size, seed=seed)
         items = [MemoryItem.model_validate(m).model_dump(mode="json") for m in memories]
-        total += encode_memories(items, level=settings.gzip_level).compressed_size
+        total += gzip_size(document_bytes(items), settings.gzip_level)
     return total
 
 
