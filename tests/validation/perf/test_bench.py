@@ -33,7 +33,7 @@ async def test_a_batch_the_legacy_path_cannot_carry_is_a_failed_row_not_a_crash(
     by_path = {row.path: row for row in rows}
     assert by_path["reference"].success_rate == 1.0 and by_path["reference"].error is None
     assert by_path["legacy"].error is not None
-    assert "size exceeds limit" in by_path["legacy"].error or "larger than max" in by_path["legacy"].error
+    assert by_path["legacy"].error == "RPCError: Blob data size exceeds limit."
 
 
 async def test_bench_rows_name_the_workers_and_their_peak_memory(
