@@ -131,6 +131,7 @@ async def test_a_second_worker_on_the_host_serves_its_metrics_on_another_port(
         assert match, text
         port = int(match.group(1))
         assert port != settings.worker_metrics_port
+
         # The SDK's exporter serves an empty page until the worker records its first metric: wait for
         # the worker's own start counter, labelled with its task queue.
         def worker_starts(text: str) -> list[float]:
