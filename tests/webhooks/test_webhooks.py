@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import httpx
 import pytest
 
+from tests.fixtures.worker_process import wait_until
 from toolkit.validation.webhook_receiver import Reply, WebhookReceiver, running_receiver
 from toolkit.webhooks import (
     SIGNATURE_HEADER,
@@ -39,10 +40,10 @@ from toolkit.webhooks import (
 )
 
 SECRET = "whsec_test_7f3a9c2e"
-# Small enough that the slowest test (a receiver that hangs on every attempt) stays near one second.
-# Quick retries. The timeout is not short: on a loaded 2-core machine a local reply can take over half a
-# second, and a client-side timeout the receiver still answers later would throw the attempt counts off.
-FAST = {"backoff_s": 0.01, "max_backoff_s": 0.05, "timeout_s": 3.0}
+# Quick retries. The timeout only bounds a receiver that hangs: a local reply never takes 30 s, so the
+# exact attempt counts hold however loaded the machine is. The test of a hanging receiver sets a short
+# timeout of its own (there every attempt ends at the timeout, whatever its length).
+FAST = {"backoff_s": 0.01, "max_backoff_s": 0.05, "timeout_s": 30.0}
 
 
 class GuardTransport(httpx.AsyncBaseTransport):
@@ -341,13 +342,19 @@ async def test_a_receiver_that_never_answers_is_given_up_after_max_attempts(
 ) -> None:
     receiver.script("hang", "hang", "hang")
     result = await deliver_webhook(
-        receiver.url(), SECRET, payload(), allow_private=True, max_attempts=3, **FAST
+        receiver.url(), SECRET, payload(), allow_private=True, max_attempts=3, **{**FAST, "timeout_s": 0.2}
     )
 
     assert result.delivered is False
     assert result.attempts == 3
     assert result.status_code is None
     assert result.error is not None and "timed out" in result.error
+
+    # Each attempt was sent before it timed out; the receiver reads it even after the sender gave up.
+    async def all_attempts_arrived() -> bool:
+        return len(receiver.requests) >= 3
+
+    await wait_until(all_attempts_arrived, 30, "the three attempts at the receiver")
     assert len(receiver.requests) == 3
     assert all(seen.signature_valid for seen in receiver.requests)
 
