@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -436,24 +435,3 @@ async def test_delete_memories_removes_every_copy(parse: ParseClient, user: Pars
     assert await delete_memories(parse, batch, page_size=50) == 120
     assert await count_memories(parse, batch) == 0
     assert await delete_memories(parse, batch) == 0
-
-
-async def test_throughput_concurrency_1_vs_4(parse: ParseClient, user: ParseUser, unique: str) -> None:
-    """For information: memories/s for 1,000 memories written at concurrency 1 and 4 (batch_size 50)."""
-    memories = chitchat_memories(1000)
-    rates: dict[int, float] = {}
-    for concurrency in (1, 4):
-        batch = f"writerspeed{concurrency}{unique}"
-        writer = MemoryWriter(parse, batch_size=50, concurrency=concurrency)
-        started = time.perf_counter()
-        outcomes = await writer.write(WriteContext(batch, user.object_id), _items(memories))
-        rates[concurrency] = len(outcomes) / (time.perf_counter() - started)
-        assert all(o.ok for o in outcomes)
-        assert await count_memories(parse, batch) == 1000
-        assert await delete_memories(parse, batch) == 1000
-    raw = sum(len(json.dumps(m).encode()) for m in memories)
-    print(
-        f"\nmemory writer, chitchat workload, 1,000 memories ({raw:,} JSON bytes), batch_size 50: "
-        f"concurrency 1 = {rates[1]:,.0f} memories/s, concurrency 4 = {rates[4]:,.0f} memories/s "
-        f"(x{rates[4] / rates[1]:.2f})"
-    )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from toolkit.parse import ParseClient
+from toolkit.parse.memory_writer import count_memories
 from toolkit.settings import Settings
 from toolkit.validation.perf import procstats
-from toolkit.validation.perf.bench import format_ratio_summary, run_bench, summarize_ratios
+from toolkit.validation.perf.bench import format_ratio_summary, run_bench, run_writer_bench, summarize_ratios
 
 
 async def test_bench_reports_each_path_against_the_baseline(worker_settings: Settings, worker: None) -> None:
@@ -86,3 +88,27 @@ async def test_repeated_bench_takes_turns_and_summarizes_each_ratio(
 async def test_bench_refuses_a_repeat_past_its_range(worker_settings: Settings) -> None:
     with pytest.raises(ValueError, match="repeat must be 1..10"):
         await run_bench(worker_settings, sizes=(10,), repeat=11, echo=print)
+
+
+async def test_writer_bench_writes_each_concurrency_once_and_deletes_what_it_wrote(
+    settings: Settings, parse: ParseClient
+) -> None:
+    rows = await run_writer_bench(settings, memories=40, concurrencies=(1, 2), batch_size=10, echo=print)
+    assert [(r.memories, r.batch_size, r.concurrency, r.written) for r in rows] == [
+        (40, 10, 1, 40),
+        (40, 10, 2, 40),
+    ]
+    assert len({r.batch_id for r in rows}) == 2
+    for row in rows:
+        assert await count_memories(parse, row.batch_id) == 0
+    # Ratios are to the first concurrency: the inverse ratio of the times of the same 40 memories.
+    assert (rows[0].vs_first, rows[0].first_concurrency, rows[1].first_concurrency) == (1.0, 1, 1)
+    assert rows[1].vs_first == pytest.approx(rows[0].seconds / rows[1].seconds)
+
+
+@pytest.mark.parametrize(("memories", "concurrencies"), [(0, (1,)), (10, ()), (10, (1, 0))])
+async def test_writer_bench_refuses_bad_arguments_before_writing(
+    settings: Settings, memories: int, concurrencies: tuple[int, ...]
+) -> None:
+    with pytest.raises(ValueError, match="writer bench"):
+        await run_writer_bench(settings, memories=memories, concurrencies=concurrencies, echo=print)
