@@ -12,6 +12,7 @@ from toolkit.api.auth import Authenticator, InvalidSession, MissingSession, Sess
 from toolkit.parse import ParseClient
 from toolkit.parse.users import ParseUser, sign_up
 from toolkit.settings import Settings
+from toolkit.testing.cued_transport import CuedTransport
 
 
 async def test_valid_session_is_accepted_then_served_from_the_cache(parse: ParseClient) -> None:
@@ -42,32 +43,17 @@ async def test_missing_token_says_how_to_send_one(parse: ParseClient, token: str
         await Authenticator(parse).authenticate(token)
 
 
-class _CountingTransport(httpx.AsyncBaseTransport):
-    """The real transport, counting what is sent: proves that a refusal asked nobody."""
-
-    def __init__(self) -> None:
-        self.real = httpx.AsyncHTTPTransport()
-        self.paths: list[str] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.paths.append(request.url.path)
-        return await self.real.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.real.aclose()
-
-
 @pytest.mark.parametrize("token", ["r:" + "a" * 600, "r:has space", "r:\x00null"])
 async def test_malformed_token_is_refused_without_asking_parse(settings: Settings, token: str) -> None:
-    counting = _CountingTransport()
+    counting = CuedTransport()  # no cue: it only records what is sent
     async with ParseClient(settings, transport=counting) as parse:
         with pytest.raises(InvalidSession):
             await Authenticator(parse).authenticate(token)
-        assert counting.paths == []
+        assert counting.sent == []
         # The same client does ask Parse about a well-formed token (which Parse does not know).
         with pytest.raises(InvalidSession):
             await Authenticator(parse).authenticate("r:" + "a" * 32)
-    assert counting.paths == [f"{httpx.URL(settings.parse_url).path}/users/me"]
+    assert [r.url.path for r in counting.sent] == [f"{httpx.URL(settings.parse_url).path}/users/me"]
 
 
 def test_cache_is_bounded_and_expires() -> None:
