@@ -12,15 +12,14 @@ import json
 import os
 import re
 import signal
-import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
+from tests.fixtures.long_ago import LONG_AGO, days_since_2001
 from tests.fixtures.worker_process import start_worker_process, wait_until
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
@@ -215,12 +214,12 @@ async def test_cleanup_removes_chunk_files_of_finished_batches_and_keeps_running
 ) -> None:
     from toolkit.parse.cleanup import cleanup_finished_files, local_files_dir
 
+    # The stack is shared: this batch is dated back to 2000 and the cleanup's cutoff is in 2001, so it
+    # can select nothing but what this test made (tests/fixtures/long_ago.py).
     running_id, running_batch = await store_chunked(parse, worker_settings, user, 1100)
     finished_id, finished_batch = await store_chunked(parse, worker_settings, user, 600)
     await store.update_batch_request_status(parse, running_id, "processing")
-    await store.update_batch_request_status(
-        parse, finished_id, "completed", extra={"completedAt": datetime.now(UTC)}
-    )
+    await store.update_batch_request_status(parse, finished_id, "completed", extra={"completedAt": LONG_AGO})
     directory = local_files_dir(worker_settings)
     assert directory is not None
 
@@ -228,12 +227,11 @@ async def test_cleanup_removes_chunk_files_of_finished_batches_and_keeps_running
         return [path for path in directory.iterdir() if batch_id in path.name]
 
     # The running batch's files look old enough to be orphans: only their reference keeps them.
-    old = time.time() - 7200
     for path in files_of(running_batch):
-        os.utime(path, (old, old))
+        os.utime(path, (LONG_AGO.timestamp(), LONG_AGO.timestamp()))
     assert (len(files_of(running_batch)), len(files_of(finished_batch))) == (3, 2)
 
-    report = await cleanup_finished_files(parse, worker_settings, older_than_days=0)
+    report = await cleanup_finished_files(parse, worker_settings, older_than_days=days_since_2001())
     assert not report.errors, report.errors
     assert len(files_of(running_batch)) == 3
     assert files_of(finished_batch) == []
