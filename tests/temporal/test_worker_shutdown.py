@@ -16,9 +16,10 @@ import signal
 import subprocess
 from pathlib import Path
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 
 from tests.fixtures.parse_proxy import parse_url_via
+from tests.fixtures.temporal_worker import activity_attempts
 from tests.fixtures.worker_process import start_worker_process, wait_until
 from toolkit.parse import ParseClient
 from toolkit.parse.memory_writer import count_memories
@@ -63,19 +64,19 @@ async def _terminate(process: subprocess.Popen[bytes]) -> int:
     return await asyncio.to_thread(process.wait, 120)
 
 
-async def _attempts(handle: WorkflowHandle, activity_type: str) -> list[int]:
-    history = await handle.fetch_history()
-    scheduled = {
-        e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events
-        if e.HasField("activity_task_scheduled_event_attributes")
-    }
-    return [
-        e.activity_task_started_event_attributes.attempt
-        for e in history.events
-        if e.HasField("activity_task_started_event_attributes")
-        and scheduled[e.activity_task_started_event_attributes.scheduled_event_id] == activity_type
-    ]
+async def _finish_on_a_second_worker(
+    parse: ParseClient, settings: Settings, batch: SubmittedBatch, total: int, log: Path
+) -> list[int]:
+    """A worker that still polls finishes the batch, with exact counts; the processing attempts."""
+    second = await _ready_worker(settings, log)
+    try:
+        summary = await asyncio.wait_for(batch.result(), timeout=300)
+    finally:
+        assert await _terminate(second) == 0
+    counts = (summary.status, summary.total, summary.successful, summary.failed)
+    assert counts == ("completed", total, total, 0)
+    assert await count_memories(parse, batch.batch_id) == total
+    return await activity_attempts(batch.handle, PROCESSING)
 
 
 async def test_sigterm_with_time_to_finish_drains_the_running_activity(
@@ -111,15 +112,8 @@ async def test_sigterm_with_time_to_finish_drains_the_running_activity(
     # It finished the activity before it exited: every memory is written, and by one attempt.
     assert await count_memories(parse, batch.batch_id) == total
     # The rest of the workflow (its last workflow task) needs a worker that still polls.
-    second = await _ready_worker(worker_settings, tmp_path / "second.log")
-    try:
-        summary = await asyncio.wait_for(batch.result(), timeout=120)
-    finally:
-        assert await _terminate(second) == 0
-    counts = (summary.status, summary.total, summary.successful, summary.failed)
-    assert counts == ("completed", total, total, 0)
-    assert await count_memories(parse, batch.batch_id) == total
-    assert await _attempts(batch.handle, PROCESSING) == [1]
+    attempts = await _finish_on_a_second_worker(parse, worker_settings, batch, total, tmp_path / "second.log")
+    assert attempts == [1]
 
 
 async def test_sigterm_past_the_grace_period_hands_the_activity_back_with_its_checkpoint(
@@ -148,15 +142,8 @@ async def test_sigterm_past_the_grace_period_hands_the_activity_back_with_its_ch
     assert written_at_exit - 5 <= handed_back <= written_at_exit
 
     second_log = tmp_path / "second.log"
-    second = await _ready_worker(worker_settings, second_log)
-    try:
-        summary = await asyncio.wait_for(batch.result(), timeout=300)
-    finally:
-        assert await _terminate(second) == 0
-    counts = (summary.status, summary.total, summary.successful, summary.failed)
-    assert counts == ("completed", total, total, 0)
-    assert await count_memories(parse, batch.batch_id) == total
-    assert await _attempts(batch.handle, PROCESSING) == [2]  # the history keeps the last attempt's start
+    attempts = await _finish_on_a_second_worker(parse, worker_settings, batch, total, second_log)
+    assert attempts == [2]  # the history keeps the start of the last attempt only
     # The second attempt resumed exactly where the first handed back.
     resumed = re.findall(r"attempt 2 resumes at memory (\d+)", second_log.read_text())
     assert resumed == [str(handed_back)], second_log.read_text()[-2000:]
