@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from temporalio.client import Client
 
 from tests.fixtures.parse_proxy import parse_url_via
@@ -35,8 +38,23 @@ PROCESSING = "fetch_and_process_batch_memories"
 SHUTDOWN_LOGGED = "shutting down:"  # what toolkit/temporal/worker.py logs when the signal is handled
 
 
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    """A test that fails before it stops its workers must not leave them polling."""
+    yield
+    while _started:
+        process = _started.pop()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 async def _ready_worker(settings: Settings, log: Path, **env: str) -> subprocess.Popen[bytes]:
     process, ready = start_worker_process(settings, log, **SLOW_WRITES, **env)
+    _started.append(process)
 
     async def is_ready() -> bool:
         return ready.exists()
