@@ -157,14 +157,14 @@ async def test_the_chunk_files_of_a_dead_upload_go_once_its_hold_is_stale(
     for name in names:
         _age(settings, name)
 
-    alive = await cleanup_finished_files(parse, settings, older_than_days=_days_since_2001())
+    alive = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001())
     assert not set(names) & set(alive.orphans_deleted) and alive.uploading_files_kept >= 3
 
     long_ago = datetime.now(UTC) - timedelta(seconds=in_flight.HOLD_STALE_AFTER_S + 1)
     await parse.update_object(
         BATCH_SLOT_HOLD, hold.token, {"touchedAt": to_parse_date(long_ago)}, master=True
     )
-    dead = await cleanup_finished_files(parse, settings, older_than_days=_days_since_2001())
+    dead = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001())
     assert set(names) <= set(dead.orphans_deleted)
     await in_flight.release(parse, hold.token)
 
