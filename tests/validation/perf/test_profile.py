@@ -9,19 +9,24 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.worker_process import wait_until
 from toolkit.validation.perf.profile import ProfilerUnavailable, profiling, summarize
 
+# Writes its ready file, then spins until it has used 1.5 s of CPU, and exits: the profile ends with it.
 HOT_SCRIPT = """
-import time
+import sys, time
+from pathlib import Path
 
 def spin_here():
-    end = time.monotonic() + 30
     count = 0
-    while time.monotonic() < end:
+    while time.process_time() < 1.5:
         count += 1
 
+Path(sys.argv[1]).write_text("ready")
 spin_here()
 """
+# Far longer than the healthy case (a Python start and 1.5 s of CPU on a loaded 2-core machine).
+HANG_BOUND_S = 120.0
 
 RECORD = """\
 main (toolkit/cli/__init__.py:1);run (toolkit/api/app.py:5);iterencode (json/encoder.py:1) 3
@@ -46,13 +51,17 @@ def test_a_summary_leaves_waits_out_and_names_our_own_functions(tmp_path: Path) 
 
 
 async def test_a_profile_of_a_running_process_names_the_function_that_burns_the_cpu(tmp_path: Path) -> None:
-    script = tmp_path / "hot.py"
+    script, ready = tmp_path / "hot.py", tmp_path / "hot.ready"
     script.write_text(HOT_SCRIPT)
-    process = subprocess.Popen([sys.executable, str(script)])
+    process = subprocess.Popen([sys.executable, str(script), str(ready)])
     try:
-        await asyncio.sleep(0.5)
+
+        async def started() -> bool:
+            return ready.exists()
+
+        await wait_until(started, HANG_BOUND_S, "the hot script to start")
         async with profiling({"hot": process.pid}, tmp_path / "records") as files:
-            await asyncio.sleep(2.0)
+            await asyncio.wait_for(asyncio.to_thread(process.wait), HANG_BOUND_S)  # it exits by itself
         profile = summarize(files["hot"], "hot")
     finally:
         process.kill()
@@ -68,4 +77,4 @@ async def test_a_process_that_is_gone_gives_a_clear_error(tmp_path: Path) -> Non
     gone.wait()
     with pytest.raises(ProfilerUnavailable, match="py-spy wrote no record for gone"):
         async with profiling({"gone": gone.pid}, tmp_path):
-            await asyncio.sleep(0.5)
+            pass
