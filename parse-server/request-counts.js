@@ -19,17 +19,27 @@ function labelValue(value) {
   return String(value).replace(/\\/g, '\\\\').replace(/"/g, '\\"');
 }
 
-function requestCounter() {
+// A /batch request is labelled by the classes of its sub-requests ("Memory", "BatchSlot+BatchSlotHold"),
+// so the memory writes can be told from the other transactions; more than three classes are "mixed".
+function batchClasses(routes) {
+  const names = [...new Set(routes.map(([resource, className]) => className || resource))].sort();
+  return names.length > 3 ? 'mixed' : names.join('+');
+}
+
+function requestCounter(mountPath) {
   const requests = new Map(); // "method\tresource\tclass\tstatus" → count
-  const subrequests = new Map(); // method of each /batch sub-request → count
+  const subrequests = new Map(); // "method\tresource\tclass" of each /batch sub-request → count
 
   const bump = (map, key, by = 1) => {
     const known = map.has(key);
     if (!known && map.size >= MAX_SERIES) {
-      key = map === requests ? 'OTHER\tother\t\tother' : 'OTHER';
+      key = map === requests ? 'OTHER\tother\t\tother' : 'OTHER\tother\t';
     }
     map.set(key, (map.get(key) || 0) + by);
   };
+  // Sub-request paths carry the mount ("/parse/classes/Memory").
+  const withoutMount = (path) =>
+    typeof path === 'string' && path.startsWith(`${mountPath}/`) ? path.slice(mountPath.length) : '';
 
   // Mounted on the same path as Parse: req.path is relative to it. Counted once the answer is sent,
   // when Parse's own body parser has read a /batch body.
@@ -37,13 +47,15 @@ function requestCounter() {
     const [resource, className] = routeOf(req.path);
     res.on('finish', () => {
       const status = `${Math.floor(res.statusCode / 100)}xx`;
-      bump(requests, [req.method, resource, className, status].join('\t'));
-      const inner = req.body && req.body.requests;
-      if (resource === 'batch' && Array.isArray(inner)) {
-        for (const sub of inner) {
-          const method = sub && typeof sub.method === 'string' ? sub.method.toUpperCase() : 'OTHER';
-          bump(subrequests, /^[A-Z]{1,10}$/.test(method) ? method : 'OTHER');
-        }
+      const inner = resource === 'batch' && req.body && Array.isArray(req.body.requests) ? req.body.requests : [];
+      const subs = inner.map((sub) => {
+        const method = sub && typeof sub.method === 'string' ? sub.method.toUpperCase() : 'OTHER';
+        return [/^[A-Z]{1,10}$/.test(method) ? method : 'OTHER', ...routeOf(withoutMount(sub && sub.path))];
+      });
+      const label = resource === 'batch' ? batchClasses(subs.map(([, ...route]) => route)) : className;
+      bump(requests, [req.method, resource, label, status].join('\t'));
+      for (const key of subs) {
+        bump(subrequests, key.join('\t'));
       }
     });
     next();
@@ -62,11 +74,15 @@ function requestCounter() {
       );
     }
     lines.push(
-      '# HELP parse_server_batch_subrequests_total Sub-requests inside /batch requests, by method',
+      '# HELP parse_server_batch_subrequests_total Sub-requests inside /batch requests, by method and route',
       '# TYPE parse_server_batch_subrequests_total counter'
     );
-    for (const [method, count] of subrequests) {
-      lines.push(`parse_server_batch_subrequests_total{method="${labelValue(method)}"} ${count}`);
+    for (const [key, count] of subrequests) {
+      const [method, resource, className] = key.split('\t');
+      lines.push(
+        `parse_server_batch_subrequests_total{method="${labelValue(method)}",resource="${labelValue(resource)}",` +
+          `class="${labelValue(className)}"} ${count}`
+      );
     }
     return lines.join('\n') + '\n';
   }

@@ -86,7 +86,7 @@ async function main() {
   const server = new ParseServer(config);
   await server.start();
   const app = express();
-  const counts = requestCounter();
+  const counts = requestCounter(mountPath);
   app.use(mountPath, counts.middleware);
   app.use(`${mountPath}/files`, masterKeyOnFileReads);
   app.use(mountPath, server.app);

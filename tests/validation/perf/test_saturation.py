@@ -134,8 +134,9 @@ async def test_parse_counts_every_request_it_answers_and_every_batch_sub_request
         after = await server_counts.read(http, settings)
     counted = server_counts.delta(before, after)
     assert counted.parse_requests[f"GET classes/{PROBE_CLASS}"] == 1
-    assert counted.parse_requests["POST batch"] == 1
-    assert counted.parse_batch_subrequests == 3
+    # A /batch request is named by the classes of its sub-requests, each of which is counted too.
+    assert counted.parse_requests[f"POST batch/{PROBE_CLASS}"] == 1
+    assert counted.parse_batch_subrequests[f"GET classes/{PROBE_CLASS}"] == 3
     assert counted.parse_error_answers == 1
 
 
@@ -168,18 +169,21 @@ async def test_a_tiny_saturation_run_counts_every_batch_and_the_requests_it_made
         assert {"api", "worker", "parse", "postgres", "temporal", "client"} <= set(row.cpu_s_per_batch), row
         assert all(cpu >= 0 for cpu in row.cpu_s_per_batch.values())
         assert row.machine_busy is not None and 0 <= row.machine_busy <= 1
-        assert row.parse_batch_subrequests == 20  # each memory once, through Parse's /batch
+        # Each memory once, through Parse's /batch (beside the in-flight slot transactions).
+        assert row.parse_batch_subrequests["POST classes/Memory"] == 20
         assert row.errors == ()
+        # Temporal saw each batch's workflow close before the round's counts were read.
+        assert row.workflows_closed == (0 if row.path == "direct" else 2)
 
     # Direct: the 20 memories in one /batch call of up to 50; nothing else, and no Temporal work.
     direct = by_label["direct-2"]
-    assert direct.parse_requests == {"POST batch": 1}
+    assert direct.parse_requests == {"POST batch/Memory": 1}
     assert direct.temporal_calls_per_batch == 0 and direct.api_spans == {}
 
     for label in ("reference-poll-2", "reference-webhook-2"):
         row = by_label[label]
         # Per batch: one file upload, one request object, one download, one /batch call of 10 memories.
-        for route in ("POST files", "POST classes/BatchMemoryRequest", "GET files", "POST batch"):
+        for route in ("POST files", "POST classes/BatchMemoryRequest", "GET files", "POST batch/Memory"):
             assert row.parse_requests[route] == 2, (label, route, row.parse_requests)
         # What Parse and Temporal counted agrees with what the API reported doing.
         assert row.api_spans["parse.POST.files"] == row.parse_requests["POST files"]
@@ -194,7 +198,7 @@ async def test_a_tiny_saturation_run_counts_every_batch_and_the_requests_it_made
     for label in ("legacy-poll-2", "legacy-webhook-2"):
         row = by_label[label]
         # The legacy fan-out writes each memory in its own /batch call, from an activity of its own.
-        assert row.parse_requests["POST batch"] == 20
+        assert row.parse_requests["POST batch/Memory"] == 20
         assert row.parse_requests.get("POST files", 0) == 0
         assert row.temporal_calls["StartWorkflowExecution"] == row.api_spans["temporal.start"] == 2
         assert row.temporal_calls["RespondActivityTaskCompleted"] >= 20

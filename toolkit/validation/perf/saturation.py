@@ -31,7 +31,7 @@ import secrets
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -157,7 +157,7 @@ class SaturationRow:
     parse_requests: dict[str, int] = field(default_factory=dict)  # "POST batch" → requests in the round
     parse_requests_by_api_per_batch: float = 0.0
     api_spans: dict[str, int] = field(default_factory=dict)  # Server-Timing name → round trips in the round
-    parse_batch_subrequests: int = 0
+    parse_batch_subrequests: dict[str, int] = field(default_factory=dict)  # "POST classes/Memory" → count
     temporal_calls_per_batch: float = 0.0  # work calls (starts, completions, heartbeats): no long polls
     temporal_calls: dict[str, int] = field(default_factory=dict)  # operation → calls in the round
     temporal_calls_by_api_per_batch: float = 0.0
@@ -165,6 +165,7 @@ class SaturationRow:
         0.0  # long polls and worker heartbeats of every poller (time-bound)
     )
     temporal_persistence_per_batch: float = 0.0
+    workflows_closed: int = 0  # as the Temporal server counted them during the round and its tail
     status_polls_per_batch: float = 0.0
     webhooks_received: int = 0
     machine_busy: float | None = None  # share of all cores busy during the round, whoever used them
@@ -214,6 +215,7 @@ class _Window:
     http: httpx.AsyncClient
     settings: Settings
     previous: server_counts.ServerCounts | None = None  # the settled reading that closed the last window
+    workflows: int = 0  # set by the round: workflows it started, each to be seen closed before the end
     cpu: dict[str, float] = field(default_factory=dict)
     busy: float | None = None
     counts: server_counts.ServerCounts = field(default_factory=server_counts.ServerCounts)
@@ -226,7 +228,9 @@ class _Window:
         yield
         cpu_after = procstats.sample(self.watched, alone=CLIENT_ALONE)
         machine_after = procstats.machine_cpu_seconds()
-        after = await server_counts.read_settled(self.http, self.settings)
+        after = await server_counts.read_settled(
+            self.http, self.settings, closed_at_least=before.temporal_workflows_closed + self.workflows
+        )
         self.previous = after
         self.counts = server_counts.delta(before, after)
         self.cpu = procstats.cpu_delta(cpu_before, cpu_after)
@@ -267,12 +271,13 @@ def _row(
         parse_requests=dict(sorted(counts.parse_requests.items())),
         parse_requests_by_api_per_batch=api_parse * per,
         api_spans=dict(sorted(api_spans.items())),
-        parse_batch_subrequests=counts.parse_batch_subrequests,
+        parse_batch_subrequests=dict(sorted(counts.parse_batch_subrequests.items())),
         temporal_calls_per_batch=counts.temporal_work_calls * per,
         temporal_calls=dict(sorted(counts.temporal_calls.items())),
         temporal_calls_by_api_per_batch=api_temporal * per,
         temporal_idle_calls_per_batch=counts.temporal_idle_calls * per,
         temporal_persistence_per_batch=counts.temporal_persistence * per,
+        workflows_closed=counts.temporal_workflows_closed,
         status_polls_per_batch=sum(o.polls for o in outcomes) * per,
         webhooks_received=webhooks,
         machine_busy=window.busy,
@@ -398,7 +403,8 @@ class _Run:
                 *(submitter(u) for u in self.users[round_.kind][: round_.submitters])
             )
             seconds = time.perf_counter() - started
-        outcomes = [o for batch in per_user for o in batch]
+            outcomes = [o for batch in per_user for o in batch]
+            window.workflows = sum(1 for o in outcomes if o.batch_id is not None)
         return _row(
             round_,
             window,
@@ -559,12 +565,14 @@ def format_row(row: SaturationRow) -> str:
 def format_counts(row: SaturationRow) -> list[str]:
     """The requests behind a row's per-batch figures, per batch, by route and by operation."""
     per = 1 / row.batches if row.batches else 0.0
-    parse = ", ".join(f"{name} {n * per:.2f}" for name, n in row.parse_requests.items())
-    temporal = ", ".join(f"{op} {n * per:.2f}" for op, n in row.temporal_calls.items())
-    subrequests = row.parse_batch_subrequests * per
+
+    def listed(counts: Mapping[str, int]) -> str:
+        return ", ".join(f"{name} {n * per:.2f}" for name, n in counts.items()) or "-"
+
     return [
-        f"   {row.label}: Parse per batch: {parse or '-'}; /batch sub-requests {subrequests:.1f}",
-        f"   {row.label}: Temporal per batch: {temporal or '-'}; "
+        f"   {row.label}: Parse per batch: {listed(row.parse_requests)}",
+        f"   {row.label}: inside /batch per batch: {listed(row.parse_batch_subrequests)}",
+        f"   {row.label}: Temporal per batch: {listed(row.temporal_calls)}; "
         f"persistence ops {row.temporal_persistence_per_batch:.1f}",
     ]
 

@@ -3,8 +3,10 @@
 Counted where the work arrives, so every caller is seen (API, worker, this process) without touching them:
 
 - **Parse**: ``parse_server_requests_total{method,resource,class,status}`` and
-  ``parse_server_batch_subrequests_total`` from the stack's Parse Server (``parse-server/request-counts.js``,
-  at :attr:`Settings.parse_metrics_url`). Parse itself keeps no such count.
+  ``parse_server_batch_subrequests_total{method,resource,class}`` from the stack's Parse Server
+  (``parse-server/request-counts.js``, at :attr:`Settings.parse_metrics_url`). Parse itself keeps no such
+  count. A ``/batch`` request is named by the classes of its sub-requests: ``POST batch/Memory`` (the memory
+  writer) apart from ``POST batch/BatchSlot+BatchSlotHold`` (an in-flight slot taken or given back).
 - **Temporal**: the dev server's own ``service_requests{namespace,operation,service_name="frontend"}``
   (every gRPC call a client or worker made in the namespace, long polls included) and
   ``persistence_requests{namespace}`` (its reads and writes to its database), at
@@ -36,6 +38,10 @@ SETTLE_MAX_S = 30.0
 # follows time and pollers), its periodic heartbeat and its start-up questions.
 POLL_PREFIX = "Poll"
 IDLE_OPERATIONS = frozenset({"RecordWorkerHeartbeat", "DescribeNamespace", "GetSystemInfo", "ShutdownWorker"})
+# The history service's count of workflows closing, one counter per way of closing.
+WORKFLOW_CLOSES = tuple(
+    f"workflow_{way}" for way in ("success", "failed", "timeout", "terminate", "cancel", "continued_as_new")
+)
 
 
 class CountsUnavailable(Exception):
@@ -44,12 +50,14 @@ class CountsUnavailable(Exception):
 
 @dataclass(frozen=True)
 class ServerCounts:
-    # "POST batch", "GET classes/BatchMemoryRequest", "POST files", … → requests answered
+    # "POST batch/Memory", "GET classes/BatchMemoryRequest", "POST files", … → requests answered
     parse_requests: Counter[str] = field(default_factory=Counter)
     parse_error_answers: int = 0  # of those, answered 4xx or 5xx
-    parse_batch_subrequests: int = 0  # operations inside the /batch requests
+    # Operations inside the /batch requests: "POST classes/Memory" → memories sent to be written
+    parse_batch_subrequests: Counter[str] = field(default_factory=Counter)
     temporal_calls: Counter[str] = field(default_factory=Counter)  # gRPC operation → calls
     temporal_persistence: int = 0  # the dev server's own database operations
+    temporal_workflows_closed: int = 0  # workflows of the namespace that closed (completed, failed, …)
 
     @property
     def parse_total(self) -> int:
@@ -68,7 +76,7 @@ class ServerCounts:
     @property
     def work(self) -> tuple[int, int, int]:
         """What moves only when work is done: Parse requests, /batch sub-requests, Temporal work calls."""
-        return self.parse_total, self.parse_batch_subrequests, self.temporal_work_calls
+        return self.parse_total, sum(self.parse_batch_subrequests.values()), self.temporal_work_calls
 
 
 def is_idle_operation(operation: str) -> bool:
@@ -93,21 +101,27 @@ def _unescape(value: str) -> str:
     return _ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
 
 
-def parse_counts_from_text(text: str) -> tuple[Counter[str], int, int]:
-    """(requests by "METHOD resource[/class]", error answers, /batch sub-requests) from Parse's /metrics."""
+def _route(labels: dict[str, str]) -> str:
+    """``{"method": "POST", "resource": "classes", "class": "Memory"}`` → ``"POST classes/Memory"``."""
+    return f"{labels['method']} {labels['resource']}" + (f"/{labels['class']}" if labels.get("class") else "")
+
+
+def parse_counts_from_text(text: str) -> tuple[Counter[str], int, Counter[str]]:
+    """(requests by route, error answers, /batch sub-requests by route) from Parse's /metrics."""
     requests: Counter[str] = Counter()
     errors = 0
     for labels, value in _samples(text, "parse_server_requests_total"):
-        route = labels["resource"] + (f"/{labels['class']}" if labels.get("class") else "")
-        requests[f"{labels['method']} {route}"] += value
+        requests[_route(labels)] += value
         if labels.get("status") in {"4xx", "5xx"}:
             errors += value
-    subrequests = sum(value for _, value in _samples(text, "parse_server_batch_subrequests_total"))
+    subrequests: Counter[str] = Counter()
+    for labels, value in _samples(text, "parse_server_batch_subrequests_total"):
+        subrequests[_route(labels)] += value
     return requests, errors, subrequests
 
 
-def temporal_counts_from_text(text: str, namespace: str) -> tuple[Counter[str], int]:
-    """(frontend calls by operation, persistence operations) of one namespace, from Temporal's /metrics."""
+def temporal_counts_from_text(text: str, namespace: str) -> tuple[Counter[str], int, int]:
+    """(frontend calls by operation, persistence operations, closed workflows) of one namespace."""
     calls: Counter[str] = Counter()
     for labels, value in _samples(text, "service_requests", "service_requests_total"):
         if labels.get("namespace") == namespace and labels.get("service_name") == "frontend":
@@ -117,7 +131,10 @@ def temporal_counts_from_text(text: str, namespace: str) -> tuple[Counter[str], 
         for labels, value in _samples(text, "persistence_requests", "persistence_requests_total")
         if labels.get("namespace") == namespace
     )
-    return calls, persistence
+    closed = sum(
+        value for labels, value in _samples(text, *WORKFLOW_CLOSES) if labels.get("namespace") == namespace
+    )
+    return calls, persistence, closed
 
 
 async def _scrape(http: httpx.AsyncClient, url: str | None, what: str) -> str:
@@ -143,8 +160,8 @@ async def read(http: httpx.AsyncClient, settings: Settings) -> ServerCounts:
     parse_text = await _scrape(http, settings.parse_metrics_url, "Parse Server")
     temporal_text = await _scrape(http, settings.temporal_metrics_url, "Temporal dev server")
     requests, errors, subrequests = parse_counts_from_text(parse_text)
-    calls, persistence = temporal_counts_from_text(temporal_text, settings.temporal_namespace)
-    return ServerCounts(requests, errors, subrequests, calls, persistence)
+    calls, persistence, closed = temporal_counts_from_text(temporal_text, settings.temporal_namespace)
+    return ServerCounts(requests, errors, subrequests, calls, persistence, closed)
 
 
 def delta(before: ServerCounts, after: ServerCounts) -> ServerCounts:
@@ -155,6 +172,7 @@ def delta(before: ServerCounts, after: ServerCounts) -> ServerCounts:
         after.parse_batch_subrequests - before.parse_batch_subrequests,
         after.temporal_calls - before.temporal_calls,
         after.temporal_persistence - before.temporal_persistence,
+        after.temporal_workflows_closed - before.temporal_workflows_closed,
     )
 
 
@@ -165,12 +183,15 @@ async def read_settled(
     quiet_s: float = SETTLE_QUIET_S,
     max_s: float = SETTLE_MAX_S,
     unless_equal_to: ServerCounts | None = None,
+    closed_at_least: int = 0,
 ) -> ServerCounts:
-    """The counters once the work they count has stopped moving for ``quiet_s`` (at most ``max_s``).
+    """The counters once ``closed_at_least`` workflows have closed (as counted since the server started)
+    and the work counted has stopped moving for ``quiet_s``; at most ``max_s``.
 
     A batch's last calls (the workflow's final task) land after the client saw it finish, and the
-    Temporal dev server publishes its counters up to about a second late. With ``unless_equal_to``
-    (the previous settled reading), a reading whose work has not moved since is taken at once.
+    Temporal dev server publishes its counters up to about a second late: the closes say that the
+    batches' workflows are all in, the quiet that nothing else still is. With ``unless_equal_to`` (the
+    previous settled reading), a reading whose work has not moved since is taken at once.
     """
     started = time.monotonic()
     last = await read(http, settings)
@@ -180,7 +201,7 @@ async def read_settled(
     while time.monotonic() - started < max_s:
         await asyncio.sleep(SETTLE_POLL_S)
         now = await read(http, settings)
-        if now.work != last.work:
+        if now.work != last.work or now.temporal_workflows_closed < closed_at_least:
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since >= quiet_s:
             return now
