@@ -106,6 +106,9 @@ class Settings:
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 10.0
     worker_max_concurrent_activities: int = 50
+    # How long an activity waits out one outage of Parse (unreachable, 5xx, its database down) before
+    # its batch gives up on it: as long as an operator would wait, hours, not minutes (issue 17).
+    outage_retry_s: float = 6 * 3600.0
     # How long the API waits for Temporal to start a workflow before it asks whether the start landed.
     api_start_timeout_s: float = 15.0
     # Abuse limit: a request body that sends nothing for this long is refused with 408 (a slow client
