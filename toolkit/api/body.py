@@ -22,7 +22,8 @@ from starlette.requests import Request
 
 from toolkit.api.errors import ApiError, PayloadTooLarge, RequestInvalid, RequestTimeout, UnsupportedMediaType
 from toolkit.api.schemas import MAX_MEMORY_BYTES, BatchRequestIn, MemoryIn
-from toolkit.parse.batch_requests import exceeds_one_chunk, memory_json_estimate
+from toolkit.parse.batch_requests import ChunkFill, max_memory_bytes
+from toolkit.parse.codec import chunk_line
 from toolkit.settings import Settings
 from toolkit.webhooks import WebhookTargetRefused, check_webhook_url
 
@@ -173,7 +174,8 @@ _WHITESPACE = " \t\n\r"
 # Text already parsed is dropped once this much of it piles up in front of the read position.
 _TRIM_CHARS = 256 * 1024
 _READ_AHEAD_CHARS = 64 * 1024
-# One memory larger than this can never be written (the writer's request cap is 8 MiB): refused.
+# The parser holds at most this much of one memory's text; a memory larger than one write to Parse is
+# refused once decoded, by its real bytes (toolkit.parse.batch_requests.max_memory_bytes).
 MAX_MEMORY_JSON_CHARS = 8 * 1024 * 1024
 # Any other top-level field is a short string or an id; one larger than this is refused.
 MAX_FIELD_JSON_CHARS = 64 * 1024
@@ -188,7 +190,8 @@ class MemorySink:
         """The first chunk is full: these memories came first; the rest follow through :meth:`add`."""
         raise NotImplementedError
 
-    async def add(self, memory: MemoryIn) -> None:
+    async def add(self, memory: MemoryIn, line: bytes) -> None:
+        """One more memory, with its chunk-file line (:func:`~toolkit.parse.codec.chunk_line`)."""
         raise NotImplementedError
 
 
@@ -304,7 +307,8 @@ class _BatchStream:
         self.options: dict[str, Any] = {}
         self.memories_value: Any = None  # the "memories" value when it is not a list
         self.first: list[MemoryIn] = []
-        self.first_bytes = 0
+        self.first_fill = ChunkFill(settings)
+        self.max_memory_bytes = max_memory_bytes(settings)
         self.overflowed = False
         self.count = 0
         self.content_bytes = 0
@@ -404,21 +408,31 @@ class _BatchStream:
             return
         if self.errors or self.bytes_over_at is not None or self.refusal is not None:
             return  # refused already: nothing more is stored
+        # The memory as files store it: its real bytes decide whether it can be stored at all, and
+        # whether the batch is one file or chunks.
+        line = chunk_line(memory.model_dump(mode="json"))
+        if len(line) > self.max_memory_bytes:
+            self.refusal = PayloadTooLarge(
+                f"memory {index:,} is {len(line):,} bytes as stored JSON; the limit is "
+                f"{self.max_memory_bytes:,} bytes per memory (one write to the memory store)"
+            )
+            return
         try:
-            await self._store(memory)
+            await self._store(memory, line)
         except ApiError as exc:
             self.refusal = exc
 
-    async def _store(self, memory: MemoryIn) -> None:
-        if self.overflowed:
-            await self.sink.add(memory)
+    async def _store(self, memory: MemoryIn, line: bytes) -> None:
+        if not self.overflowed and self.first_fill.fits(len(line)):
+            self.first.append(memory)
+            self.first_fill.add(len(line))
             return
-        self.first.append(memory)
-        self.first_bytes += memory_json_estimate(memory.content)
-        if exceeds_one_chunk(len(self.first), self.first_bytes, self.settings):
+        if not self.overflowed:
+            # The first chunk holds exactly the memories that fit it: this one starts the second.
             self.overflowed = True
             first, self.first = self.first, []
             await self.sink.overflow(first)
+        await self.sink.add(memory, line)
 
     def _result(self, seen_memories: bool) -> StreamedBatch:
         settings = self.settings
