@@ -181,6 +181,12 @@ MAX_MEMORY_JSON_CHARS = 8 * 1024 * 1024
 MAX_FIELD_JSON_CHARS = 64 * 1024
 # A body of one memory that is valid: the other fields are validated with it in place of the real ones.
 _PLACEHOLDER = {"content": "placeholder"}
+# A decode error this close to the end of the text read so far may only mean the value goes on in the
+# next piece: the decoder stops inside a token at most this long ("-Infinity", a "\uXXXX" escape).
+# Further back it is a syntax error, whatever follows (an unterminated string is the one error that
+# names its start, not where the text ran out).
+_TRUNCATION_CHARS = 16
+_BYTE_ORDER_MARK = "\ufeff"
 
 
 class MemorySink:
@@ -206,7 +212,11 @@ class StreamedBatch:
 
 
 class _Text:
-    """The body as text, decoded as it arrives, capped at ``limit`` bytes."""
+    """The body as text, decoded as it arrives, capped at ``limit`` bytes.
+
+    UTF-8 only (RFC 8259). A byte-order mark at the very start is skipped, as ``json.loads`` skipped it
+    when bodies were read whole; anywhere else it is text, and so a syntax error.
+    """
 
     def __init__(self, request: Request, limit: int, idle_timeout_s: float) -> None:
         self._stream = request.stream().__aiter__()
@@ -218,6 +228,7 @@ class _Text:
         self.base = 0  # offset in the whole body of text[0]
         self.pos = 0  # read position in text
         self.eof = False
+        self._at_start = True
 
     async def more(self) -> None:
         """Append the next piece of the body (or reach its end)."""
@@ -238,6 +249,10 @@ class _Text:
                     f"'utf-8' codec can't decode byte at position {position}: {exc.reason}",
                 ) from None
             self.bytes_read += len(piece)
+            if decoded and self._at_start:
+                self._at_start = False
+                if decoded.startswith(_BYTE_ORDER_MARK):
+                    self.pos += 1
             if decoded or self.eof:
                 self.text += decoded
                 return
@@ -259,19 +274,27 @@ class _Text:
             self.base += self.pos
             self.pos = 0
 
-    def error(self, msg: str, at: int | None = None) -> RequestInvalid:
+    def error(self, msg: str, at: int | None = None, where: tuple[str | int, ...] = ()) -> RequestInvalid:
+        """422 for malformed JSON: ``["body", *where]`` names the value (a memory), else its offset."""
         position = self.base + (self.pos if at is None else at)
-        return _json_invalid(["body", position], "JSON decode error", f"{msg} (char {position})")
+        loc: list[str | int] = ["body", *where] if where else ["body", position]
+        return _json_invalid(loc, "JSON decode error", f"{msg} (char {position})")
 
-    async def value(self, max_chars: int, too_large: Callable[[], ApiError]) -> Any:
-        """Decode the JSON value at the read position, reading as much of the body as it needs."""
+    async def value(
+        self, max_chars: int, too_large: Callable[[], ApiError], where: tuple[str | int, ...] = ()
+    ) -> Any:
+        """Decode the JSON value at the read position, reading as much of the body as it needs.
+
+        ``where`` names the value in a syntax error (``("memories", 3)``); a syntax error is answered as
+        soon as it is certain, never taken for a value that has not fully arrived.
+        """
         await self.peek()
         while True:
             try:
                 value, end = _DECODER.raw_decode(self.text, self.pos)
             except json.JSONDecodeError as exc:
-                if self.eof:
-                    raise self.error(exc.msg, exc.pos) from None
+                if self.eof or _certain(exc, len(self.text)):
+                    raise self.error(exc.msg, exc.pos, where) from None
                 await self._grow(max_chars, too_large)
                 continue
             except RecursionError:
@@ -295,6 +318,11 @@ class _Text:
         target = len(self.text) + max(_READ_AHEAD_CHARS, pending)
         while len(self.text) < target and not self.eof:
             await self.more()
+
+
+def _certain(exc: json.JSONDecodeError, available: int) -> bool:
+    """Whether a decode error stays one whatever text follows (see ``_TRUNCATION_CHARS``)."""
+    return not exc.msg.startswith("Unterminated string") and exc.pos + _TRUNCATION_CHARS < available
 
 
 class _BatchStream:
@@ -373,7 +401,9 @@ class _BatchStream:
             return
         while True:
             index = self.count
-            value = await text.value(MAX_MEMORY_JSON_CHARS, lambda i=index: _memory_too_large(i))
+            value = await text.value(
+                MAX_MEMORY_JSON_CHARS, lambda i=index: _memory_too_large(i), ("memories", index)
+            )
             self.count += 1
             await self._take(index, value)
             separator = await text.peek()
