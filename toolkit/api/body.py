@@ -285,8 +285,9 @@ class _Text:
     ) -> Any:
         """Decode the JSON value at the read position, reading as much of the body as it needs.
 
-        ``where`` names the value in a syntax error (``("memories", 3)``); a syntax error is answered as
-        soon as it is certain, never taken for a value that has not fully arrived.
+        ``where`` names the value in a syntax error inside it (``("memories", 3)``); a body that ends
+        where the value should begin is located by its offset. A syntax error is answered as soon as
+        it is certain, never taken for a value that has not fully arrived.
         """
         await self.peek()
         while True:
@@ -294,7 +295,8 @@ class _Text:
                 value, end = _DECODER.raw_decode(self.text, self.pos)
             except json.JSONDecodeError as exc:
                 if self.eof or _certain(exc, len(self.text)):
-                    raise self.error(exc.msg, exc.pos, where) from None
+                    inside = exc.pos < len(self.text)
+                    raise self.error(exc.msg, exc.pos, where if inside else ()) from None
                 await self._grow(max_chars, too_large)
                 continue
             except RecursionError:
