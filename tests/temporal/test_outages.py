@@ -76,6 +76,17 @@ async def store_batch(
     return request_id, batch_id
 
 
+async def start(
+    temporal: Client, parse: ParseClient, settings: Settings, batch: tuple[str, str]
+) -> WorkflowHandle[Any, BatchSummary]:
+    """Start the stored batch ``(request id, batch id)`` on ``settings``' task queue."""
+    request_id, batch_id = batch
+    workflow_id = await start_batch_workflow_with_reference(
+        temporal, parse, settings, request_id=request_id, batch_id=batch_id
+    )
+    return temporal.get_workflow_handle(workflow_id, result_type=BatchSummary)
+
+
 async def activity_runs(handle: WorkflowHandle[Any, Any]) -> list[dict[str, Any]]:
     """Each activity of the run: type, the attempt it completed or failed on, its timeouts and times."""
     events = (await handle.fetch_history()).events
@@ -161,10 +172,7 @@ async def test_a_parse_outage_mid_chunked_batch_spends_no_retry_and_loses_nothin
         parse, settings, user, synthetic_memories(total, content_bytes=200)
     )
     async with build_worker(temporal, settings, proxied_parse):
-        workflow_id = await start_batch_workflow_with_reference(
-            temporal, parse, settings, request_id=request_id, batch_id=batch_id
-        )
-        handle = temporal.get_workflow_handle(workflow_id, result_type=BatchSummary)
+        handle = await start(temporal, parse, settings, (request_id, batch_id))
 
         async def writing() -> bool:
             return await count_memories(parse, batch_id) > 0
@@ -229,10 +237,7 @@ async def test_an_outage_during_finalize_is_waited_out_with_a_heartbeat(
     )
     activities = _CutParseAtFinalize(settings, proxied_parse, parse_proxy, outage_s=15.0)
     async with build_worker(temporal, settings, proxied_parse, activities=activities):
-        workflow_id = await start_batch_workflow_with_reference(
-            temporal, parse, settings, request_id=request_id, batch_id=batch_id
-        )
-        handle = temporal.get_workflow_handle(workflow_id, result_type=BatchSummary)
+        handle = await start(temporal, parse, settings, (request_id, batch_id))
         summary = await result_within(handle, 180)
 
     assert activities.cut, "the outage must have started inside finalize"
@@ -263,10 +268,7 @@ async def test_an_outage_past_the_configured_limit_fails_the_batch_saying_so(
     request_id, batch_id = await store_batch(parse, settings, user, synthetic_memories(20, content_bytes=100))
     parse_proxy.set_mode("down")
     async with build_worker(temporal, settings, proxied_parse):
-        workflow_id = await start_batch_workflow_with_reference(
-            temporal, parse, settings, request_id=request_id, batch_id=batch_id
-        )
-        handle = temporal.get_workflow_handle(workflow_id, result_type=BatchSummary)
+        handle = await start(temporal, parse, settings, (request_id, batch_id))
 
         async def gave_up() -> bool:
             return any(r["outcome"] == "failed" for r in await activity_runs(handle))
@@ -330,12 +332,7 @@ async def test_downloads_slower_than_the_heartbeat_timeout_finish_on_their_first
         assert per_file / REPLY_BYTES_PER_S > HEARTBEAT_TIMEOUT.total_seconds() + 3, per_file
     parse_proxy.throttle_replies(REPLY_BYTES_PER_S)
     async with build_worker(temporal, settings, proxied_parse):
-        handles = []
-        for request_id, batch_id in (one_file, chunked):
-            workflow_id = await start_batch_workflow_with_reference(
-                temporal, parse, settings, request_id=request_id, batch_id=batch_id
-            )
-            handles.append(temporal.get_workflow_handle(workflow_id, result_type=BatchSummary))
+        handles = [await start(temporal, parse, settings, batch) for batch in (one_file, chunked)]
         started = time.monotonic()
         summaries = [await result_within(handle, 300) for handle in handles]
     print(f"\nboth batches done in {time.monotonic() - started:.0f} s through the throttled proxy")
