@@ -9,6 +9,7 @@ readers (no worker polls the API's task queue, so nothing is written to Parse as
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import random
@@ -22,7 +23,8 @@ from temporalio.client import Client
 
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
-from toolkit.parse.codec import ChunkHeader
+from toolkit.parse.codec import ChunkHeader, chunk_line
+from toolkit.parse.memory_writer import count_memories
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
 from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
@@ -158,6 +160,29 @@ async def test_memories_with_large_metadata_are_chunked_on_their_real_bytes_and_
             next_index += 1
     assert next_index == count
     await _discard(parse, temporal, accepted)
+
+
+@pytest.mark.timeout(300)
+async def test_a_memory_at_the_limit_is_accepted_and_written(
+    api: ApiServer, parse: ParseClient, settings: Settings, user: ParseUser, reference_path: None
+) -> None:
+    """The per-memory limit leaves room for what the writer adds, even with a 64-character org id."""
+    limit = store.max_memory_bytes(settings)
+    memory: dict[str, Any] = {"content": "at the limit", "type": "text", "metadata": {"pad": ""}}
+    memory["metadata"]["pad"] = "p" * (limit - len(chunk_line(memory)))
+    assert len(chunk_line(memory)) == limit
+    body = json.dumps({"memories": [memory], "organization_id": "o" * 64}).encode()
+    response = await _submit(api, user, body)
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["batch_id"]
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        for _ in range(600):
+            status = (await http.get(f"{api.url}/v1/batch/{batch_id}/status", headers=_auth(user))).json()
+            if status["status"] in ("completed", "partial", "failed"):
+                break
+            await asyncio.sleep(0.2)
+    assert (status["status"], status["successful"], status["errors"]) == ("completed", 1, []), status
+    assert await count_memories(parse, batch_id) == 1
 
 
 async def test_a_memory_too_big_for_one_write_is_413_naming_it_and_nothing_is_stored(
