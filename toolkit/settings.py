@@ -109,6 +109,10 @@ class Settings:
     # How long an activity waits out one outage of Parse (unreachable, 5xx, its database down) before
     # its batch gives up on it: as long as an operator would wait, hours, not minutes (issue 17).
     outage_retry_s: float = 6 * 3600.0
+    # On SIGTERM/SIGINT a worker stops taking tasks and gives its running activities this long to
+    # finish; then it cancels them and Temporal retries them elsewhere from their last checkpoint. Keep
+    # it a few seconds under the orchestrator's own grace period (Kubernetes: 30 s by default).
+    worker_graceful_shutdown_s: float = 5.0
     # How long the API waits for Temporal to start a workflow before it asks whether the start landed.
     api_start_timeout_s: float = 15.0
     # Abuse limit: a request body that sends nothing for this long is refused with 408 (a slow client

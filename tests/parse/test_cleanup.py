@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.fixtures.long_ago import LONG_AGO, days_since_2001
 from toolkit.cli.cleanup import cleanup_command
 from toolkit.parse import ObjectNotFound, ParseClient, in_flight
 from toolkit.parse import batch_requests as store
@@ -26,12 +27,6 @@ from toolkit.settings import Settings
 from toolkit.validation.workloads import synthetic_memories
 
 CreateBatch = Callable[..., Awaitable[str]]
-
-LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-def _days_since_2001() -> float:
-    return (datetime.now(UTC) - datetime(2001, 1, 1, tzinfo=UTC)).days
 
 
 async def _request(parse: ParseClient, settings: Settings, request_id: str) -> BatchMemoryRequest:
@@ -90,12 +85,12 @@ async def test_files_of_old_finished_requests_go_unfinished_ones_stay(
     }
     old_finished_names = {files[rid].name for rid in finished.values()}
 
-    dry = await cleanup_finished_files(parse, settings, older_than_days=_days_since_2001(), dry_run=True)
+    dry = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001(), dry_run=True)
     assert old_finished_names <= set(dry.files_deleted)
     for file in files.values():  # a dry run deletes nothing
         assert await parse.download(file.url or "")
 
-    report = await cleanup_finished_files(parse, settings, older_than_days=_days_since_2001())
+    report = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001())
     assert old_finished_names <= set(report.files_deleted)
     assert report.errors == []
     for rid in finished.values():
@@ -130,11 +125,11 @@ async def test_old_orphan_files_go_referenced_and_recent_ones_stay(
     _age(settings, orphan["name"])
     _age(settings, referenced.name)
 
-    dry = await cleanup_finished_files(parse, settings, older_than_days=_days_since_2001(), dry_run=True)
+    dry = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001(), dry_run=True)
     assert orphan["name"] in dry.orphans_deleted
     assert await parse.download(orphan["url"])
 
-    report = await cleanup_finished_files(parse, settings, older_than_days=_days_since_2001())
+    report = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001())
     assert report.files_dir == local_files_dir(settings)
     assert orphan["name"] in report.orphans_deleted
     assert referenced.name not in report.orphans_deleted
@@ -162,14 +157,14 @@ async def test_the_chunk_files_of_a_dead_upload_go_once_its_hold_is_stale(
     for name in names:
         _age(settings, name)
 
-    alive = await cleanup_finished_files(parse, settings, older_than_days=_days_since_2001())
+    alive = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001())
     assert not set(names) & set(alive.orphans_deleted) and alive.uploading_files_kept >= 3
 
     long_ago = datetime.now(UTC) - timedelta(seconds=in_flight.HOLD_STALE_AFTER_S + 1)
     await parse.update_object(
         BATCH_SLOT_HOLD, hold.token, {"touchedAt": to_parse_date(long_ago)}, master=True
     )
-    dead = await cleanup_finished_files(parse, settings, older_than_days=_days_since_2001())
+    dead = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001())
     assert set(names) <= set(dead.orphans_deleted)
     await in_flight.release(parse, hold.token)
 

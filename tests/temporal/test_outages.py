@@ -16,10 +16,9 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import httpx
 import pytest
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -38,13 +37,6 @@ from toolkit.temporal.worker import build_worker
 from toolkit.temporal.workflows import HEARTBEAT_TIMEOUT
 from toolkit.testing.tcp_proxy import TcpProxy
 from toolkit.validation.workloads import synthetic_memories
-
-
-@pytest.fixture
-def parse_proxy(settings: Settings) -> Iterator[TcpProxy]:
-    url = httpx.URL(settings.parse_url)
-    with TcpProxy(url.host, url.port or 80) as proxy:
-        yield proxy
 
 
 @pytest.fixture

@@ -202,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
         "each ratio's median and spread",
     )
     p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
+    p.add_argument(
+        "--writer",
+        action="store_true",
+        help="measure the memory writer alone instead (no Temporal, no API): each size written once per "
+        "--writer-concurrency, straight to Parse, and deleted again",
+    )
+    p.add_argument(
+        "--writer-concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 4],
+        help="with --writer: /parse/batch calls in flight, each compared with the first "
+        "(memories per call: WRITER_BATCH_SIZE)",
+    )
     p.add_argument("--json", action="store_true", help="also print the rows as JSON")
     p.set_defaults(func=_bench)
 
