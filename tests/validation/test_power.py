@@ -69,7 +69,7 @@ def test_a_slowdown_and_a_throughput_drop_are_detected_alike() -> None:
     values = normal_sample(20, 0.3)
     up = smallest_change(ShiftModel(values, values, worse="higher", log=True), 20, 20, TARGET)
     down = smallest_change(ShiftModel(values, values, worse="lower", log=True), 20, 20, TARGET)
-    assert up == pytest.approx(down, rel=0.05)
+    assert up == pytest.approx(down, rel=0.1)  # the same test both ways; 400 windows each: ±2 % power
 
 
 def test_constant_values_make_any_change_detectable_once_the_test_can_reject() -> None:

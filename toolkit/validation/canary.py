@@ -252,7 +252,12 @@ class CanaryVerdict:
         """One sentence: the smallest regressions this window would have caught, against the tolerances."""
         parts = []
         for row in self.metrics.to_dict("records"):
-            parts.append(f"{row['metric']} {_describe_change(row)}")
+            found = ""
+            if row["class"] in ("high", "low"):
+                found = f", and it found a significant {row['effect']:.3g}" + (
+                    "×" if row["effect_kind"] == "ratio" else ""
+                )
+            parts.append(f"{row['metric']} {_describe_change(row)}{found}")
         return (
             f"With {self.n_canary} canary and {self.n_baseline} baseline batches, at alpha {self.alpha:g} "
             f"and power {self.power:g}, this window would have caught: " + "; ".join(parts) + "."

@@ -17,8 +17,8 @@ test's smallest possible p-value (2 / C(n1 + n2, n1): 0.10 at 3 against 3, so no
 0.05), and ties. The simulated windows are built from what the window itself shows:
 
 - **ratio metrics** (end-to-end time, memories/s, history bytes), :class:`ShiftModel`: the log of each
-  path's values minus that path's median, pooled, resampled with replacement; a regression is a ratio,
-  i.e. a shift on the log scale added to the canary;
+  path's values minus that path's median, resampled with replacement per path; a regression is a
+  ratio, i.e. a shift on the log scale added to the canary;
 - **memory rates** (success rate, error rate), :class:`BinomialModel`: each batch's failures drawn
   from a binomial over its memories at the baseline's pooled rate (batch sizes resampled from those
   seen), the canary's failure rate raised by the regression, in points. Memories are treated as
@@ -171,8 +171,10 @@ class ShiftModel:
     """Per-batch values whose distribution is what the window shows, the canary shifted by ``change``.
 
     ``log=True`` (ratio metrics): values are compared on the log scale, so ``change`` is a log ratio
-    (``math.log(1.25)`` = 25 % worse). The residuals (each path's values minus its own median) are
-    pooled: the shape comes from both paths, the difference between them from ``change`` alone.
+    (``math.log(1.25)`` = 25 % worse). Each path keeps its own shape: its values minus its own median,
+    resampled (the reference path's history is nearly constant while the legacy path's grows with the
+    batch size; pooling them would lend the one the other's spread). A path with no values borrows the
+    other's.
     """
 
     def __init__(self, canary: np.ndarray, baseline: np.ndarray, *, worse: Worse, log: bool) -> None:
@@ -184,13 +186,15 @@ class ShiftModel:
             return values - np.median(values) if len(values) else values
 
         self.worse: Worse = worse
-        pooled = np.concatenate([residuals(canary), residuals(baseline)])
-        self.residuals = pooled if len(pooled) else np.zeros(1)
+        c, b = residuals(canary), residuals(baseline)
+        fallback = c if len(c) else b if len(b) else np.zeros(1)
+        self.canary = c if len(c) else fallback
+        self.baseline = b if len(b) else fallback
 
     def draw(self, rng: np.random.Generator, simulations: int, n_canary: int, n_baseline: int) -> object:
         return (
-            rng.choice(self.residuals, size=(simulations, n_canary)),
-            rng.choice(self.residuals, size=(simulations, n_baseline)),
+            rng.choice(self.canary, size=(simulations, n_canary)),
+            rng.choice(self.baseline, size=(simulations, n_baseline)),
         )
 
     def windows(self, draws: object, change: float) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +202,8 @@ class ShiftModel:
         return (canary + change if self.worse == "higher" else canary - change), baseline
 
     def largest_change(self) -> float:
-        spread = float(self.residuals.max() - self.residuals.min())
+        both = np.concatenate([self.canary, self.baseline])
+        spread = float(both.max() - both.min())
         return spread + max(1e-6, 1e-3 * spread)
 
 

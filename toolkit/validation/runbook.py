@@ -58,7 +58,7 @@ from toolkit.temporal.client import connect
 from toolkit.validation.canary import CanaryConfig, CanaryVerdict
 from toolkit.validation.canary_window import judge_window, run_until_decided
 from toolkit.validation.metrics import collect_batches
-from toolkit.validation.traffic import TrafficPlan
+from toolkit.validation.traffic import TrafficPlan, generate_traffic
 
 __all__ = [
     "DEFAULT_STAGES",
@@ -460,15 +460,7 @@ async def _soak(
     while True:
         if percent == 0:
             if config.traffic is not None:
-                await run_until_decided(
-                    settings,
-                    config.canary,
-                    config.traffic,
-                    max_batches_per_path=config.max_batches_per_path,
-                    max_rounds=1,
-                    users=users,
-                    log=record.log,
-                )
+                await generate_traffic(settings, config.traffic, users=users, progress=record.log)
             window = await collect_batches(settings, stage_start, datetime.now(UTC), with_temporal=False)
             record.add(
                 "soak",

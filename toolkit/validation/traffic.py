@@ -231,7 +231,7 @@ class _Progress:
         self.total, self.log, self.done = total, log, 0
         self.paths: dict[str, int] = {}
         self.started = time.perf_counter()
-        self.every = max(1, total // 10)
+        self.every = max(2, total // 10)
 
     def finished(self, row: dict[str, Any]) -> None:
         self.done += 1
