@@ -13,7 +13,16 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from toolkit.validation.notebooks import read_summary, report_dir, run_notebooks, summary_lines
+from toolkit.validation.notebooks import (
+    FULL_PARAMETERS,
+    NOTEBOOKS_DIR,
+    UnknownNotebookParameter,
+    check_known_parameters,
+    read_summary,
+    report_dir,
+    run_notebooks,
+    summary_lines,
+)
 
 
 def _write(path: Path, *sources: str) -> None:
@@ -101,3 +110,21 @@ def test_plots_carry_alt_text_and_the_run_is_quiet(
     err = capfd.readouterr().err
     assert "without encryption" not in err
     assert not [r for r in caplog.records if "Alternative text is missing" in r.getMessage()]
+
+
+def test_a_parameter_the_notebook_does_not_declare_stops_the_run_before_it_starts(tmp_path: Path) -> None:
+    """papermill only warns "Passed unknown parameter" and runs the defaults: a misspelt full-size
+    parameter ran notebook 06 at its CI size in `make run` unnoticed."""
+    books = tmp_path / "nb"
+    books.mkdir()
+    _write(books / "01_a.ipynb", "SIZE: int = 10")
+    with pytest.raises(
+        UnknownNotebookParameter, match="01_a.ipynb declares no parameter SIZES; it takes SIZE"
+    ):
+        run_notebooks(tmp_path / "reports", notebooks_dir=books, parameters={"01_a": {"SIZES": [1]}})
+    assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize("name", sorted(FULL_PARAMETERS))
+def test_full_parameters_name_only_declared_parameters(name: str) -> None:
+    check_known_parameters(NOTEBOOKS_DIR / f"{name}.ipynb", FULL_PARAMETERS[name])

@@ -39,6 +39,8 @@ __all__ = [
     "record_summary",
     "report_dir",
     "SUMMARY_FILE",
+    "UnknownNotebookParameter",
+    "check_known_parameters",
     "run_notebook",
     "run_notebooks",
     "write_run_summary",
@@ -63,7 +65,6 @@ FULL_PARAMETERS: dict[str, dict[str, Any]] = {
         "BATCH_SIZES": [10, 20, 30],
         "USERS": 8,
         "MAX_BATCHES_PER_PATH": 80,
-        "REQUIRE_DECISION": True,
     },
     "04_rollout_runbook": {
         "STAGES": [0, 10, 25, 50, 75, 100],
@@ -74,9 +75,30 @@ FULL_PARAMETERS: dict[str, dict[str, Any]] = {
         "SOAK_S": 0,
     },
     "05_monitoring": {"WINDOW_HOURS": 24},
-    "06_load_test_report": {"USERS": None, "BATCH_SIZE": None, "WORKLOAD": "chitchat"},
+    "06_load_test_report": {
+        "CONCURRENT_USERS": 10,
+        "CONCURRENT_BATCH_SIZE": 100,
+        "LARGE_BATCH_SIZE": 500,
+        "WORKLOAD": "chitchat",
+    },
 }
 _CELL_TIMEOUT_S = 900
+
+
+class UnknownNotebookParameter(ValueError):
+    """A parameter the notebook's ``parameters`` cell does not declare (papermill would only warn, and the
+    notebook would run at its defaults)."""
+
+
+def check_known_parameters(notebook: Path, parameters: Mapping[str, Any]) -> None:
+    import papermill
+
+    known = set(papermill.inspect_notebook(str(notebook)))
+    unknown = sorted(set(parameters) - known)
+    if unknown:
+        raise UnknownNotebookParameter(
+            f"{notebook.name} declares no parameter {', '.join(unknown)}; it takes {', '.join(sorted(known))}"
+        )
 
 
 class IpcKernelManager(AsyncKernelManager):
@@ -207,6 +229,8 @@ def run_notebooks(
     notebooks = sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         raise FileNotFoundError(f"no notebooks (NN_name.ipynb) in {notebooks_dir}")
+    for notebook in notebooks:  # a misspelt parameter fails the run before anything runs
+        check_known_parameters(notebook, chosen.get(notebook.stem) or {})
     out_dir = report_dir(reports_root, now)
     runs = []
     for number, notebook in enumerate(notebooks, start=1):
