@@ -66,6 +66,7 @@ def test_the_index_lists_every_run_with_its_verdicts_and_plots_the_trends(tmp_pa
     assert table["canary_detectable_success_drop_pts"].tolist() == [1.6, 1.6]
     assert table["load concurrent/reference p95_s"].tolist() == [2.5, 4.0]
     assert table["load concurrent/legacy"].tolist() == ["fail", "fail"]
+    assert table["notebooks_ok"].tolist() == ["5/5", "4/5"]
 
     page = build_index(tmp_path).read_text()
     # Newest first, linking each executed notebook; the failed one marked.
@@ -79,7 +80,9 @@ def test_the_index_lists_every_run_with_its_verdicts_and_plots_the_trends(tmp_pa
     images = re.findall(r'<img src="data:image/png;base64,[^"]+" alt="([^"]+)">', page)
     assert len(images) == 2
     assert "Latest: reference history 9800.0 B" in images[0] and "Workflow history per batch" in images[0]
-    assert images[1].startswith("Latest run: canary (03) not enough data, runbook (04) completed")
+    assert images[1].startswith(
+        "Latest run: notebooks ok 4/5, canary (03) not enough data, runbook (04) completed"
+    )
 
 
 def test_no_runs_yet(tmp_path: Path) -> None:

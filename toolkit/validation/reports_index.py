@@ -46,8 +46,11 @@ class ReportRun:
         return {}
 
     @property
-    def ok(self) -> int:
-        return sum(1 for n in self.notebooks if n.get("ok"))
+    def ok(self) -> str:
+        """``5/6``; ``?/6`` for a folder from before summary.json, whose outcomes were not kept."""
+        if any(n.get("ok") is None for n in self.notebooks):
+            return f"?/{len(self.notebooks)}"
+        return f"{sum(1 for n in self.notebooks if n['ok'])}/{len(self.notebooks)}"
 
     @property
     def seconds(self) -> float:
@@ -92,9 +95,9 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _load_runs(run: ReportRun) -> dict[str, dict[str, Any]]:
-    """The load scenarios of notebook 06, keyed ``<scenario>/<path>``."""
-    return {f"{r['scenario']}/{r['path']}": r for r in run.summary("06").get("load_runs") or []}
+def _load_runs(run: ReportRun) -> list[dict[str, Any]]:
+    """The load scenarios of notebook 06 (one per scenario and path)."""
+    return list(run.summary("06").get("load_runs") or [])
 
 
 def headline_table(runs: list[ReportRun]) -> pd.DataFrame:
@@ -105,7 +108,7 @@ def headline_table(runs: list[ReportRun]) -> pd.DataFrame:
         canary, runbook, monitoring = run.summary("03"), run.summary("04"), run.summary("05")
         row: dict[str, Any] = {
             "run": run.stamp,
-            "notebooks_ok": f"{run.ok}/{len(run.notebooks)}",
+            "notebooks_ok": run.ok,
             "minutes": round(run.seconds / 60, 1) if run.seconds else None,
             "reference_history_bytes": _number(payload.get("reference_history_bytes_max")),
             "history_reduction_pct": _number(payload.get("history_reduction_pct")),
@@ -121,9 +124,11 @@ def headline_table(runs: list[ReportRun]) -> pd.DataFrame:
             "runbook_stages_passed": runbook.get("stages_passed"),
             "storage_worst_day_bytes": _number(monitoring.get("storage_worst_day_bytes")),
         }
-        for key, load in _load_runs(run).items():
-            row[f"load {key} p95_s"] = _number(load.get("p95_s"))
-            row[f"load {key}"] = "pass" if load.get("gates_passed") else "fail"
+        for load in _load_runs(run):
+            # A p95 is comparable only at the same batch size: each size is its own series.
+            size = f" ×{load['memories_per_batch']}" if load.get("memories_per_batch") else ""
+            row[f"load {load['scenario']}{size}/{load['path']} p95_s"] = _number(load.get("p95_s"))
+            row[f"load {load['scenario']}/{load['path']}"] = "pass" if load.get("gates_passed") else "fail"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -203,15 +208,18 @@ def _trend_plots(table: pd.DataFrame) -> str:
     return _img(fig, alt)
 
 
+def _all_ok(ok: str) -> str:
+    done, total = ok.split("/")
+    return "ok" if done == total else ok
+
+
 def _verdict_grid(table: pd.DataFrame) -> str:
     import matplotlib.pyplot as plt
 
-    checks = [
-        "canary_verdict",
-        "runbook_outcome",
-        *[c for c in table.columns if c.startswith("load ") and not c.endswith("p95_s")],
-    ]
-    names = {"canary_verdict": "canary (03)", "runbook_outcome": "runbook (04)"}
+    table = table.assign(notebooks=[_all_ok(ok) for ok in table["notebooks_ok"]])
+    load_checks = [c for c in table.columns if c.startswith("load ") and not c.endswith("p95_s")]
+    checks = ["notebooks", "canary_verdict", "runbook_outcome", *load_checks]
+    names = {"notebooks": "notebooks ok", "canary_verdict": "canary (03)", "runbook_outcome": "runbook (04)"}
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(table) + 3), 0.5 * len(checks) + 1.5))
     for col, (_, row) in enumerate(table.iterrows()):
         for line, check in enumerate(checks):

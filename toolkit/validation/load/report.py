@@ -349,9 +349,10 @@ def verdicts(run: LoadRun) -> list[str]:
             slope = part.slope_mb_per_h
             lines.append(f"Memory: {part.part} grew {slope:+.1f} MB/h after warm-up (a leak suspect).")
     machine = run.info.get("machine") or {}
+    load = (machine.get("load_average") or [None])[0]
     lines.append(
         f"Measured on {machine.get('cpus', '?')} CPUs (load average at start "
-        f"{(machine.get('load_average') or ['?'])[0]}), {run.workload} workload."
+        f"{'?' if load is None else f'{load:.1f}'}), {run.workload} workload."
     )
     return lines
 
