@@ -29,7 +29,7 @@ from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
 from toolkit.validation.canary import BASELINE, CANARY, CanaryConfig, CanaryVerdict, judge
 from toolkit.validation.metrics import collect_batches
-from toolkit.validation.traffic import CLOCK_MARGIN, TrafficPlan, flags_at, generate_traffic
+from toolkit.validation.traffic import CLOCK_MARGIN, TrafficPlan, flags_at, generate_traffic, paths_for
 
 __all__ = ["ROUND_COLUMNS", "CanaryWindow", "judge_window", "run_until_decided"]
 
@@ -98,7 +98,7 @@ async def run_until_decided(
         async with flags_at(
             parse, settings, plan.percent, restore=plan.restore_flags, settle_s=plan.settle_s
         ) as (_, during):
-            sides = 1 if during.use_parse_batch_storage and during.canary_percent >= 100 else 2
+            sides = len(paths_for(during))
             since = datetime.now(UTC) - CLOCK_MARGIN
             batches = plan.batches
             while True:

@@ -37,6 +37,7 @@ __all__ = [
     "TrafficPlan",
     "TrafficResult",
     "flags_at",
+    "paths_for",
     "generate_traffic",
     "prepare_users",
 ]
@@ -107,7 +108,8 @@ class TrafficResult:
         return s[s["storage"].notna() & (s["storage"] != s["expected_storage"])]
 
 
-def _paths(flags: RolloutFlags) -> set[str]:
+def paths_for(flags: RolloutFlags) -> set[str]:
+    """The paths these flags send users to."""
     if not flags.use_parse_batch_storage or flags.canary_percent <= 0:
         return {"legacy"}
     if flags.canary_percent >= 100:
@@ -129,7 +131,7 @@ async def prepare_users(
     signups = 0
 
     def short() -> bool:
-        have = {path: 0 for path in _paths(flags)}
+        have = {path: 0 for path in paths_for(flags)}
         for user in users:
             path = choose_storage(flags, user.object_id)
             if path in have:
