@@ -58,7 +58,9 @@ def smallest_p_value(n1: int, n2: int) -> float:
     one arrangement of C(n1 + n2, n1) in either tail."""
     if n1 < 1 or n2 < 1:
         return 1.0
-    return min(1.0, 2.0 / math.comb(n1 + n2, n1))
+    # In logs: C(4000, 2000) is too large for a float.
+    log_arrangements = math.lgamma(n1 + n2 + 1) - math.lgamma(n1 + 1) - math.lgamma(n2 + 1)
+    return min(1.0, 2.0 * math.exp(-log_arrangements))
 
 
 def fewest_samples(alpha: float) -> int:
