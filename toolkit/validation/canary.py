@@ -739,7 +739,7 @@ def judge(
                 reasons.append(
                     f"{row['metric']}: no significant difference, but this window would only have caught "
                     f"{_describe_change(row)}; about {too_many if pd.isna(need) else int(need)} batches "
-                    "per path needed"
+                    f"per path needed (now {n_canary} canary, {n_baseline} baseline)"
                 )
             if score is None and not inconclusive:
                 reasons.append("no metric had enough samples")
