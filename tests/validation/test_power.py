@@ -78,6 +78,16 @@ def test_a_slowdown_and_a_throughput_drop_are_detected_alike() -> None:
     assert up == pytest.approx(down, rel=0.1)  # the same test both ways; 400 windows each: ±2 % power
 
 
+def test_a_shift_inside_a_gap_of_the_few_values_seen_is_still_seen_with_more_batches() -> None:
+    """Four baseline values in two clusters and a constant canary: a 25 % drop puts the canary between
+    the clusters, where plain resampling never changes a rank (the need came out 'more than 2,000' on a
+    real window of 4 + 4 batches in make test). The smoothed resampling fills the gaps."""
+    canary = np.full(4, 10.0)
+    baseline = 10 * np.exp(np.array([-0.5, -0.5, 0.5, 0.5]))
+    needed = batches_needed(ShiftModel(canary, baseline, worse="lower", log=True), -math.log(0.75), TARGET)
+    assert needed is not None and needed < 200, needed
+
+
 def test_constant_values_make_any_change_detectable_once_the_test_can_reject() -> None:
     flat = np.full(6, 2400.0)
     model = ShiftModel(flat, flat, worse="higher", log=True)

@@ -17,8 +17,8 @@ test's smallest possible p-value (2 / C(n1 + n2, n1): 0.10 at 3 against 3, so no
 0.05), and ties. The simulated windows are built from what the window itself shows:
 
 - **ratio metrics** (end-to-end time, memories/s, history bytes), :class:`ShiftModel`: the log of each
-  path's values minus that path's median, resampled with replacement per path; a regression is a
-  ratio, i.e. a shift on the log scale added to the canary;
+  path's values minus that path's median, resampled per path (smoothed, so a few values leave no
+  gaps); a regression is a ratio, i.e. a shift on the log scale added to the canary;
 - **memory rates** (success rate, error rate), :class:`BinomialModel`: each batch's failures drawn
   from a binomial over its memories at the baseline's pooled rate (batch sizes resampled from those
   seen), the canary's failure rate raised by the regression, in points. Memories are treated as
@@ -182,10 +182,15 @@ class ShiftModel:
     """Per-batch values whose distribution is what the window shows, the canary shifted by ``change``.
 
     ``log=True`` (ratio metrics): values are compared on the log scale, so ``change`` is a log ratio
-    (``math.log(1.25)`` = 25 % worse). Each path keeps its own shape: its values minus its own median,
-    resampled (the reference path's history is nearly constant while the legacy path's grows with the
-    batch size; pooling them would lend the one the other's spread). A path with no values borrows the
+    (``math.log(1.25)`` = 25 % worse). Each path keeps its own shape: its values minus its own median
+    (the reference path's history is nearly constant while the legacy path's grows with the batch
+    size; pooling them would lend the one the other's spread). A path with no values borrows the
     other's.
+
+    The values are resampled with a little Gaussian noise (a smoothed bootstrap: Silverman's bandwidth,
+    scaled back to the path's own variance). Plain resampling of a handful of values leaves gaps: a
+    shift that falls inside one never changes a rank, and the test would seem unable to see it at any
+    number of batches.
     """
 
     def __init__(self, canary: np.ndarray, baseline: np.ndarray, *, worse: Worse, log: bool) -> None:
@@ -202,10 +207,19 @@ class ShiftModel:
         self.canary = c if len(c) else fallback
         self.baseline = b if len(b) else fallback
 
+    @staticmethod
+    def _resample(rng: np.random.Generator, residuals: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        drawn = rng.choice(residuals, size=shape)
+        spread = float(residuals.std(ddof=1)) if len(residuals) > 1 else 0.0
+        if spread == 0:
+            return drawn
+        bandwidth = 1.06 * spread * len(residuals) ** -0.2
+        return (drawn + bandwidth * rng.standard_normal(shape)) / math.sqrt(1 + (bandwidth / spread) ** 2)
+
     def draw(self, rng: np.random.Generator, simulations: int, n_canary: int, n_baseline: int) -> object:
         return (
-            rng.choice(self.canary, size=(simulations, n_canary)),
-            rng.choice(self.baseline, size=(simulations, n_baseline)),
+            self._resample(rng, self.canary, (simulations, n_canary)),
+            self._resample(rng, self.baseline, (simulations, n_baseline)),
         )
 
     def windows(self, draws: object, change: float) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +229,8 @@ class ShiftModel:
     def largest_change(self) -> float:
         both = np.concatenate([self.canary, self.baseline])
         spread = float(both.max() - both.min())
-        return spread + max(1e-6, 1e-3 * spread)
+        noise = 12 * max(float(r.std(ddof=1)) if len(r) > 1 else 0.0 for r in (self.canary, self.baseline))
+        return spread + noise + max(1e-6, 1e-3 * spread)
 
 
 class BinomialModel:
