@@ -81,7 +81,7 @@ def test_the_index_lists_every_run_with_its_verdicts_and_plots_the_trends(tmp_pa
     assert len(images) == 2
     assert "Latest: reference history 9800.0 B" in images[0] and "Workflow history per batch" in images[0]
     assert images[1].startswith(
-        "Latest run: notebooks ok 4/5, canary (03) not enough data, runbook (04) completed"
+        "Latest run: notebooks 4/5, canary (03) not enough data, runbook (04) completed"
     )
 
 

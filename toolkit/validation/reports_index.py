@@ -219,7 +219,7 @@ def _verdict_grid(table: pd.DataFrame) -> str:
     table = table.assign(notebooks=[_all_ok(ok) for ok in table["notebooks_ok"]])
     load_checks = [c for c in table.columns if c.startswith("load ") and not c.endswith("p95_s")]
     checks = ["notebooks", "canary_verdict", "runbook_outcome", *load_checks]
-    names = {"notebooks": "notebooks ok", "canary_verdict": "canary (03)", "runbook_outcome": "runbook (04)"}
+    names = {"notebooks": "notebooks", "canary_verdict": "canary (03)", "runbook_outcome": "runbook (04)"}
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(table) + 3), 0.5 * len(checks) + 1.5))
     for col, (_, row) in enumerate(table.iterrows()):
         for line, check in enumerate(checks):
