@@ -1,7 +1,9 @@
 // Parse Server for the toolkit's local stack. Started by `toolkit stack up`; every setting comes
 // from the environment so the Python side stays the one place that decides them.
+const crypto = require('crypto');
 const express = require('express');
 const { ParseServer } = require('parse-server');
+const { checkIp } = require('parse-server/lib/middlewares');
 const FSFilesAdapter = require('@parse/fs-files-adapter');
 
 const env = (name, fallback) => {
@@ -16,6 +18,7 @@ const env = (name, fallback) => {
 const port = Number(env('PARSE_PORT'));
 const host = env('PARSE_HOST', '127.0.0.1');
 const mountPath = '/parse';
+const masterKeyIps = ['127.0.0.1', '::1'];
 
 const config = {
   databaseURI: env('PARSE_DATABASE_URI'),
@@ -23,18 +26,29 @@ const config = {
   masterKey: env('PARSE_MASTER_KEY'),
   restAPIKey: env('PARSE_REST_API_KEY'),
   serverURL: env('PARSE_SERVER_URL'),
-  masterKeyIps: ['127.0.0.1', '::1'],
+  masterKeyIps,
   // Files go to <cwd>/files/<subdirectory>; the stack sets cwd to a directory under .stack/.
   filesAdapter: new FSFilesAdapter({ filesSubDirectory: env('PARSE_FILES_SUBDIR', 'batches') }),
   maxUploadSize: env('PARSE_MAX_UPLOAD_SIZE', '256mb'),
   allowCustomObjectId: true,
   allowClientClassCreation: false,
   enableAnonymousUsers: false,
+  // Files hold batches (memory content) and Temporal payloads: only the server (master key) uploads
+  // them, and only the server reads them back. A file URL is therefore not a capability.
   fileUpload: {
     enableForPublic: false,
     enableForAnonymousUser: false,
-    enableForAuthenticatedUser: true,
+    enableForAuthenticatedUser: false,
     allowedFileUrlDomains: [],
+  },
+  cloud: (Parse) => {
+    // Every file read, the metadata route included (Parse runs beforeFind on both): only a request
+    // recognised as master (masterKeyOnFileReads below) gets past it.
+    Parse.Cloud.beforeFind(Parse.File, (request) => {
+      if (!request.master) {
+        throw new Parse.Error(Parse.Error.OPERATION_FORBIDDEN, 'files are readable with the master key only');
+      }
+    });
   },
   requestComplexity: { batchRequestLimit: Number(env('PARSE_BATCH_REQUEST_LIMIT', '100')) },
   // Options set explicitly so the server starts without deprecation warnings.
@@ -46,10 +60,32 @@ const config = {
   silent: process.env.PARSE_SILENT === '1',
 };
 
+// Parse's GET file routes skip its header handling, so a master key sent on a file read is never seen
+// (request.master stays false). This recognises it the way Parse does elsewhere, the key compared in
+// constant time and the caller's address checked against masterKeyIps, and marks the request as
+// master, the same auth object Parse's own file routes set for a public read ({ isMaster: false }).
+const masterKeyDigest = crypto.createHash('sha256').update(config.masterKey).digest();
+const masterKeyIpsStore = new Map();
+
+function presentsMasterKey(req) {
+  const presented = req.get('X-Parse-Master-Key');
+  if (!presented) return false;
+  const digest = crypto.createHash('sha256').update(presented).digest();
+  return crypto.timingSafeEqual(digest, masterKeyDigest) && checkIp(req.ip, masterKeyIps, masterKeyIpsStore);
+}
+
+function masterKeyOnFileReads(req, res, next) {
+  if ((req.method === 'GET' || req.method === 'HEAD') && presentsMasterKey(req)) {
+    req.auth = { isMaster: true };
+  }
+  next();
+}
+
 async function main() {
   const server = new ParseServer(config);
   await server.start();
   const app = express();
+  app.use(`${mountPath}/files`, masterKeyOnFileReads);
   app.use(mountPath, server.app);
   const httpServer = app.listen(port, host, () => {
     console.log(`parse-server listening on http://${host}:${port}${mountPath}`);

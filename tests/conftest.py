@@ -25,6 +25,7 @@ from tests.fixtures.api_server import (  # noqa: F401 (fixtures)
     start_api,
     unpolled_api,
 )
+from tests.fixtures.parse_proxy import parse_proxy  # noqa: F401 (fixture)
 from tests.fixtures.temporal_worker import temporal, worker, worker_settings  # noqa: F401 (fixtures)
 from toolkit import stack
 from toolkit.parse import ParseClient

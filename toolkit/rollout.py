@@ -141,22 +141,31 @@ class RolloutReader:
     (the API answers 503): serving a stale decision past the bound would break the rollback promise.
     """
 
-    def __init__(self, parse: ParseClient, settings: Settings, *, ttl_s: float = FLAGS_TTL_S) -> None:
+    def __init__(
+        self,
+        parse: ParseClient,
+        settings: Settings,
+        *,
+        ttl_s: float = FLAGS_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._parse = parse
         self._settings = settings
         self._ttl_s = ttl_s
+        # Seconds on a monotonic clock; a test passes its own to step past the bound without waiting.
+        self._clock = clock
         self._cached: RolloutFlags | None = None
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
 
     async def flags(self) -> RolloutFlags:
-        if self._cached is not None and time.monotonic() - self._fetched_at < self._ttl_s:
+        if self._cached is not None and self._clock() - self._fetched_at < self._ttl_s:
             return self._cached
         async with self._lock:
-            if self._cached is not None and time.monotonic() - self._fetched_at < self._ttl_s:
+            if self._cached is not None and self._clock() - self._fetched_at < self._ttl_s:
                 return self._cached
             # Stamp before the read: the value is at most ttl old counted from when it was asked for.
-            started = time.monotonic()
+            started = self._clock()
             flags = await read_flags(self._parse, self._settings)
             self._cached, self._fetched_at = flags, started
             return flags

@@ -106,6 +106,10 @@ class Settings:
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 10.0
     worker_max_concurrent_activities: int = 50
+    # On SIGTERM/SIGINT a worker stops taking tasks and gives its running activities this long to
+    # finish; then it cancels them and Temporal retries them elsewhere from their last checkpoint. Keep
+    # it a few seconds under the orchestrator's own grace period (Kubernetes: 30 s by default).
+    worker_graceful_shutdown_s: float = 5.0
     # How long the API waits for Temporal to start a workflow before it asks whether the start landed.
     api_start_timeout_s: float = 15.0
     # Abuse limit: a request body that sends nothing for this long is refused with 408 (a slow client

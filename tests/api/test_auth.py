@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
+import httpx
 import pytest
 
 from toolkit.api.auth import Authenticator, InvalidSession, MissingSession, SessionCache
 from toolkit.parse import ParseClient
 from toolkit.parse.users import ParseUser, sign_up
+from toolkit.settings import Settings
+from toolkit.testing.cued_transport import CuedTransport
 
 
 async def test_valid_session_is_accepted_then_served_from_the_cache(parse: ParseClient) -> None:
@@ -40,12 +44,19 @@ async def test_missing_token_says_how_to_send_one(parse: ParseClient, token: str
 
 
 @pytest.mark.parametrize("token", ["r:" + "a" * 600, "r:has space", "r:\x00null"])
-async def test_malformed_token_is_refused_without_asking_parse(parse: ParseClient, token: str) -> None:
-    with pytest.raises(InvalidSession):
-        await Authenticator(parse).authenticate(token)
+async def test_malformed_token_is_refused_without_asking_parse(settings: Settings, token: str) -> None:
+    counting = CuedTransport()  # no cue: it only records what is sent
+    async with ParseClient(settings, transport=counting) as parse:
+        with pytest.raises(InvalidSession):
+            await Authenticator(parse).authenticate(token)
+        assert counting.sent == []
+        # The same client does ask Parse about a well-formed token (which Parse does not know).
+        with pytest.raises(InvalidSession):
+            await Authenticator(parse).authenticate("r:" + "a" * 32)
+    assert [r.url.path for r in counting.sent] == [f"{httpx.URL(settings.parse_url).path}/users/me"]
 
 
-def test_cache_is_bounded_expires_and_never_holds_the_token() -> None:
+def test_cache_is_bounded_and_expires() -> None:
     cache = SessionCache(ttl_s=60, max_entries=3)
     for i in range(4):
         cache.put(f"digest-{i}", f"user-{i}")
@@ -58,9 +69,14 @@ def test_cache_is_bounded_expires_and_never_holds_the_token() -> None:
     assert expired.get("digest") is None
 
 
-async def test_cache_keys_are_digests_of_the_token(parse: ParseClient) -> None:
+async def test_the_cache_never_holds_the_token(parse: ParseClient) -> None:
     user = await sign_up(parse)
     auth = Authenticator(parse)
     await auth.authenticate(user.session_token)
-    keys = list(auth.cache._entries)
-    assert len(keys) == 1 and user.session_token not in keys[0] and len(keys[0]) == 64
+    entries = dict(auth.cache._entries)
+    assert len(entries) == 1
+    [(key, (user_id, _expires))] = entries.items()
+    # Keyed by a digest (64 hex digits), holding the user id alone: the token is nowhere in it, not
+    # even its random part without the "r:" prefix.
+    assert re.fullmatch(r"[0-9a-f]{64}", key) and user_id == user.object_id
+    assert user.session_token.removeprefix("r:") not in repr(entries)

@@ -7,12 +7,12 @@ refused start is checked in test_batch_api: exactly WORKFLOWS_REFUSED.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httpx
-import pytest
 
+from tests.fixtures.parse_proxy import parse_url_via
 from toolkit.api.errors import STORAGE_UNAVAILABLE, WORKFLOWS_UNAVAILABLE
 from toolkit.api.idempotency import idempotent_batch_id
 from toolkit.parse import ParseClient
@@ -99,13 +99,6 @@ async def test_temporal_unreachable_on_submit_and_on_replay(
     assert f"127.0.0.1:{port}" in no_temporal_api.log_text()
 
 
-@pytest.fixture
-def parse_proxy(settings: Settings) -> Iterator[TcpProxy]:
-    parse_url = httpx.URL(settings.parse_url)
-    with TcpProxy(parse_url.host, parse_url.port or 80) as proxy:
-        yield proxy
-
-
 async def test_parse_lost_after_the_session_was_validated(
     parse_proxy: TcpProxy,
     start_api: Callable[..., ApiServer],
@@ -113,8 +106,7 @@ async def test_parse_lost_after_the_session_was_validated(
     settings: Settings,
     user: ParseUser,
 ) -> None:
-    proxied_url = str(httpx.URL(settings.parse_url).copy_with(host="127.0.0.1", port=parse_proxy.port))
-    api = start_api(PARSE_SERVER_URL=proxied_url)
+    api = start_api(PARSE_SERVER_URL=parse_url_via(settings, parse_proxy))
     unknown = await http.get(f"{api.url}/v1/batch/{'2' * 32}/status", headers=_auth(user))
     assert unknown.status_code == 404  # the session is now cached by the API
 

@@ -131,9 +131,25 @@ async def test_a_second_worker_on_the_host_serves_its_metrics_on_another_port(
         assert match, text
         port = int(match.group(1))
         assert port != settings.worker_metrics_port
-        scrape = await http.get(f"http://{settings.bind_host}:{port}/metrics")
-        assert scrape.status_code == 200
-        assert "temporal_" in scrape.text or scrape.text == ""  # the SDK's exporter, possibly still empty
+
+        # The SDK's exporter serves an empty page until the worker records its first metric: wait for
+        # the worker's own start counter, labelled with its task queue.
+        def worker_starts(text: str) -> list[float]:
+            return [
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if family.name == "temporal_worker_start"  # the parser names the sample ..._total
+                and sample.labels.get("task_queue") == settings.temporal_task_queue
+            ]
+
+        for _ in range(300):
+            scrape = await http.get(f"http://{settings.bind_host}:{port}/metrics")
+            assert scrape.status_code == 200
+            if worker_starts(scrape.text):
+                break
+            await asyncio.sleep(0.1)
+        assert worker_starts(scrape.text) == [1.0], scrape.text[-2000:]
     finally:
         process.terminate()
         await process.wait()

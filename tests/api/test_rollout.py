@@ -8,7 +8,6 @@ import hashlib
 import random
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -62,9 +61,16 @@ def test_ten_percent_canary_takes_about_ten_percent_of_users() -> None:
     assert 0.09 <= share <= 0.11, share
 
 
-def test_bucket_is_the_first_eight_bytes_of_sha256_mod_100() -> None:
-    digest = hashlib.sha256(b"abc123XYZ0").digest()
-    assert canary_bucket("abc123XYZ0") == int.from_bytes(digest[:8], "big") % 100
+# Pinned: every API process and every deploy must put a user in the same bucket, or a rollout at N %
+# moves users between the paths mid-flight (and a rollback no longer covers the users it covered).
+# Computed once outside Python, from the documented formula (the first 8 bytes of sha256, mod 100):
+#   printf '%s' u4 | openssl dgst -sha256 -r | cut -c1-16 | tr a-f A-F  →  echo "ibase=16; <hex> % 64" | bc
+# (64 in base 16 is 100). Never change these values: change the function only with a migration note.
+PINNED_BUCKETS = {"abc123XYZ0": 92, "0000000000": 13, "Ab3dEf9hIj": 62, "u4": 9, "u9": 18, "u6": 25}
+
+
+def test_buckets_are_pinned_to_values_computed_outside_the_code() -> None:
+    assert {user_id: canary_bucket(user_id) for user_id in PINNED_BUCKETS} == PINNED_BUCKETS
 
 
 def test_buckets_are_the_same_in_processes_with_different_hash_seeds(stack_environ: dict[str, str]) -> None:
@@ -153,25 +159,32 @@ async def test_written_flags_stay_master_key_only(
     }
 
 
+class _Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_turning_the_flag_off_takes_effect_within_the_cache_bound(
     parse: ParseClient, settings: Settings, set_flags: object
 ) -> None:
     user_id = USER_IDS[0]
+    clock = _Clock()
     await rollout.write_flags(parse, settings, enabled=True, percent=100)
-    reader = RolloutReader(parse, settings)
-    assert await reader.storage_for(user_id) == "reference"
+    reader = RolloutReader(parse, settings, clock=clock)
+    assert await reader.storage_for(user_id) == "reference"  # read at 1,000 s, cached until 1,000 + TTL
 
     await rollout.write_flags(parse, settings, enabled=False)
-    switched_off = time.monotonic()
-    # Poll the decision; it must flip once the cached value (read before the switch) expires.
-    # One extra second covers the Parse round trip of the re-read itself.
-    decisions = []
-    while time.monotonic() - switched_off < FLAGS_TTL_S + 1.0:
-        decisions.append(await reader.storage_for(user_id))
-        if decisions[-1] == "legacy":
-            break
-        await asyncio.sleep(0.1)
-    assert decisions[-1] == "legacy", decisions
+    # Until the bound the cached decision stands (one Parse read per process per TTL)...
+    clock.now = 1_000.0 + FLAGS_TTL_S - 0.01
+    assert await reader.storage_for(user_id) == "reference"
+    # ...and at the bound the next decision re-reads Parse and follows the switch.
+    clock.now = 1_000.0 + FLAGS_TTL_S
+    assert await reader.storage_for(user_id) == "legacy"
 
 
 # ---- `toolkit rollout` ------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from tests.fixtures.api_server import FAULT_START_TIMEOUT_S
+from tests.fixtures.worker_process import wait_until
 from toolkit.api.errors import START_UNCONFIRMED
 from toolkit.api.idempotency import idempotent_batch_id
 from toolkit.parse import ParseClient
@@ -51,7 +53,12 @@ async def test_a_start_that_landed_keeps_its_request_when_temporal_cannot_confir
     direct = await connect(dataclasses.replace(settings, temporal_address=own_temporal.url))
 
     with TcpProxy("127.0.0.1", own_temporal.port) as proxy:
-        api = start_api(TEMPORAL_ADDRESS=proxy.address, TEMPORAL_TASK_QUEUE=queue, API_START_TIMEOUT_S="2")
+        # The start timeout bounds the lost answer (the start hangs until it), never a healthy start.
+        api = start_api(
+            TEMPORAL_ADDRESS=proxy.address,
+            TEMPORAL_TASK_QUEUE=queue,
+            API_START_TIMEOUT_S=str(FAULT_START_TIMEOUT_S),
+        )
         # Through the proxy while it forwards: the API's Temporal connection is up.
         warm = await http.post(
             f"{api.url}/v1/memory/batch", json={"memories": chitchat_memories(2)}, headers=headers
@@ -76,12 +83,14 @@ async def test_a_start_that_landed_keeps_its_request_when_temporal_cannot_confir
         assert kept.batch_id == batch_id and kept.status == "pending"
 
         proxy.set_mode("forward")
+
         # Once Temporal answers again, the API records the workflow on the request by itself.
-        for _ in range(100):
-            kept = await store.find_by_idempotency_key(parse, user.object_id, key)
-            if kept is not None and kept.workflow_run_id:
-                break
-            await asyncio.sleep(0.2)
+        async def run_recorded() -> bool:
+            found = await store.find_by_idempotency_key(parse, user.object_id, key)
+            return found is not None and bool(found.workflow_run_id)
+
+        await wait_until(run_recorded, 60, "the API to record the run of the start it kept")
+        kept = await store.find_by_idempotency_key(parse, user.object_id, key)
         assert kept is not None and kept.workflow_id == workflow_id_for(batch_id)
         assert kept.workflow_run_id == description.run_id
 

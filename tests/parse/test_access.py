@@ -10,13 +10,18 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from toolkit.parse import ObjectNotFound, ParseClient, ParseError
+from toolkit.parse import ObjectNotFound, ParseClient, PermissionDenied
 from toolkit.parse import batch_requests as store
 from toolkit.parse.users import ParseUser, add_to_org_role
 from toolkit.settings import Settings
 
 CreateBatch = Callable[..., Awaitable[str]]
 SECRET = "whsec-do-not-leak"
+# Parse's answers when a permission refuses (an outage is ParseUnavailable and passes none of these):
+# a write refused by the class-level permissions (master key only) is 400 {"code": 119}; a read without
+# a session, refused by requiresAuthentication, is 404 {"code": 101, "error": "Permission denied"}.
+WRITE_REFUSED = (400, 119)
+NO_SESSION = (404, 101, "Parse error 101: Permission denied")
 
 
 async def test_another_user_cannot_get_find_count_or_update(
@@ -31,10 +36,12 @@ async def test_another_user_cannot_get_find_count_or_update(
     assert await parse.find("BatchMemoryRequest", {"batchId": batch_id}, **b) == []
     assert await parse.find("BatchMemoryRequest", {"objectId": request_id}, **b) == []
     assert await parse.count("BatchMemoryRequest", {"batchId": batch_id}, **b) == 0
-    with pytest.raises(ParseError):
+    with pytest.raises(PermissionDenied) as update:
         await parse.update_object("BatchMemoryRequest", request_id, {"status": "failed"}, **b)
-    with pytest.raises(ParseError):
+    assert (update.value.status, update.value.code) == WRITE_REFUSED
+    with pytest.raises(PermissionDenied) as delete:
         await parse.delete_object("BatchMemoryRequest", request_id, **b)
+    assert (delete.value.status, delete.value.code) == WRITE_REFUSED
     assert await store.find_batch_request(parse, batch_id, session_token=other_user.session_token) is None
 
     # Nothing changed, and the object is still there.
@@ -76,8 +83,9 @@ async def test_an_org_role_member_can_read_but_not_write(
     assert raw["objectId"] == request_id
     assert "webhookSecret" not in raw
     assert await parse.count("BatchMemoryRequest", {"objectId": request_id}, **member) == 1
-    with pytest.raises(ParseError):  # the role grants read only
+    with pytest.raises(PermissionDenied) as update:  # the role grants read only
         await parse.update_object("BatchMemoryRequest", request_id, {"status": "failed"}, **member)
+    assert (update.value.status, update.value.code) == WRITE_REFUSED
 
 
 async def test_the_master_key_sees_everything_including_the_secret(
@@ -101,9 +109,25 @@ async def test_the_master_key_sees_everything_including_the_secret(
     assert found is not None and found.webhook_secret == SECRET + "-2"
 
 
+async def test_the_owner_can_neither_update_nor_delete_it(
+    parse: ParseClient, user: ParseUser, create_batch: CreateBatch
+) -> None:
+    request_id = await create_batch()
+    a = {"session_token": user.session_token}
+    with pytest.raises(PermissionDenied) as update:
+        await parse.update_object("BatchMemoryRequest", request_id, {"successCount": 5}, **a)
+    assert (update.value.status, update.value.code) == WRITE_REFUSED
+    with pytest.raises(PermissionDenied) as delete:
+        await parse.delete_object("BatchMemoryRequest", request_id, **a)
+    assert (delete.value.status, delete.value.code) == WRITE_REFUSED
+    assert (await parse.get_object("BatchMemoryRequest", request_id, master=True))["successCount"] == 0
+
+
 async def test_anonymous_requests_are_refused(parse: ParseClient, create_batch: CreateBatch) -> None:
     request_id = await create_batch()
-    with pytest.raises(ParseError):
+    with pytest.raises(ObjectNotFound) as get:
         await parse.get_object("BatchMemoryRequest", request_id)
-    with pytest.raises(ParseError):
+    assert (get.value.status, get.value.code, str(get.value)) == NO_SESSION
+    with pytest.raises(ObjectNotFound) as find:
         await parse.find("BatchMemoryRequest", {"objectId": request_id})
+    assert (find.value.status, find.value.code, str(find.value)) == NO_SESSION

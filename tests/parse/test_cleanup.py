@@ -8,26 +8,25 @@ The stack is shared with other tests running now, so every real deletion here us
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.fixtures.long_ago import LONG_AGO, days_since_2001
 from toolkit.cli.cleanup import cleanup_command
-from toolkit.parse import ObjectNotFound, ParseClient
+from toolkit.parse import ObjectNotFound, ParseClient, in_flight
 from toolkit.parse import batch_requests as store
 from toolkit.parse.cleanup import cleanup_finished_files, local_files_dir
-from toolkit.parse.models import BatchMemoryRequest, ParseFile
+from toolkit.parse.models import BatchMemoryRequest, ParseFile, to_parse_date
+from toolkit.parse.schema import BATCH_SLOT_HOLD
+from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
+from toolkit.validation.workloads import synthetic_memories
 
 CreateBatch = Callable[..., Awaitable[str]]
-
-LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-def _days_since_2001() -> float:
-    return (datetime.now(UTC) - datetime(2001, 1, 1, tzinfo=UTC)).days
 
 
 async def _request(parse: ParseClient, settings: Settings, request_id: str) -> BatchMemoryRequest:
@@ -86,12 +85,12 @@ async def test_files_of_old_finished_requests_go_unfinished_ones_stay(
     }
     old_finished_names = {files[rid].name for rid in finished.values()}
 
-    dry = await cleanup_finished_files(parse, settings, older_than_days=_days_since_2001(), dry_run=True)
+    dry = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001(), dry_run=True)
     assert old_finished_names <= set(dry.files_deleted)
     for file in files.values():  # a dry run deletes nothing
         assert await parse.download(file.url or "")
 
-    report = await cleanup_finished_files(parse, settings, older_than_days=_days_since_2001())
+    report = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001())
     assert old_finished_names <= set(report.files_deleted)
     assert report.errors == []
     for rid in finished.values():
@@ -126,11 +125,11 @@ async def test_old_orphan_files_go_referenced_and_recent_ones_stay(
     _age(settings, orphan["name"])
     _age(settings, referenced.name)
 
-    dry = await cleanup_finished_files(parse, settings, older_than_days=_days_since_2001(), dry_run=True)
+    dry = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001(), dry_run=True)
     assert orphan["name"] in dry.orphans_deleted
     assert await parse.download(orphan["url"])
 
-    report = await cleanup_finished_files(parse, settings, older_than_days=_days_since_2001())
+    report = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001())
     assert report.files_dir == local_files_dir(settings)
     assert orphan["name"] in report.orphans_deleted
     assert referenced.name not in report.orphans_deleted
@@ -142,6 +141,32 @@ async def test_old_orphan_files_go_referenced_and_recent_ones_stay(
     assert await parse.download(recent_orphan["url"])
     assert await store.fetch_batch_memory_request_from_parse(parse, settings, referenced_id) is not None
     await store.delete_file_if_present(parse, ParseFile(name=recent_orphan["name"]))
+
+
+async def test_the_chunk_files_of_a_dead_upload_go_once_its_hold_is_stale(
+    parse: ParseClient, settings: Settings, user: ParseUser, unique: str
+) -> None:
+    """An upload whose process died stops touching its hold: its chunk files are orphans again."""
+    batch_id = f"deadupload{unique}"
+    hold = await in_flight.take_slot(parse, user.object_id, 1, batch_id=batch_id)
+    writer = store.ChunkedBatchWriter(parse, dataclasses.replace(settings, batch_chunk_memories=2), batch_id)
+    for memory in synthetic_memories(5, content_bytes=20):
+        await writer.add(memory)
+    names = [chunk.file.name for chunk in await writer.finish()]
+    assert [store.batch_id_of_file(name) for name in names] == [batch_id] * 3
+    for name in names:
+        _age(settings, name)
+
+    alive = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001())
+    assert not set(names) & set(alive.orphans_deleted) and alive.uploading_files_kept >= 3
+
+    long_ago = datetime.now(UTC) - timedelta(seconds=in_flight.HOLD_STALE_AFTER_S + 1)
+    await parse.update_object(
+        BATCH_SLOT_HOLD, hold.token, {"touchedAt": to_parse_date(long_ago)}, master=True
+    )
+    dead = await cleanup_finished_files(parse, settings, older_than_days=days_since_2001())
+    assert set(names) <= set(dead.orphans_deleted)
+    await in_flight.release(parse, hold.token)
 
 
 async def test_a_negative_age_is_refused(parse: ParseClient, settings: Settings) -> None:

@@ -121,3 +121,28 @@ async def test_deleting_a_request_deletes_its_errors(
     assert request is not None and len(await _error_rows(parse, request.batch_id)) == 60
     await store.delete_batch_request(parse, request_id)
     assert await _error_rows(parse, request.batch_id) == []
+
+
+async def test_no_error_text_stores_an_address(parse: ParseClient, create_batch: CreateBatch) -> None:
+    """The last net under every producer of error texts: what the owner reads names no server."""
+    request_id = await create_batch()
+    batch_id = (await parse.get_object("BatchMemoryRequest", request_id, master=True))["batchId"]
+    now = datetime.now(UTC)
+    texts = {
+        0: "ParseUnavailable: Parse Server at http://10.0.0.7:1337/parse unreachable",
+        1: "upstream parse.internal.example:443 refused",
+        2: "db 192.168.1.20 down; retry [fd00::1]:5432",
+        3: "Parse error 121: Invalid field name: a.b.",
+    }
+    await store.append_batch_request_errors(
+        parse, request_id, [BatchError(index=i, error=text, timestamp=now) for i, text in texts.items()]
+    )
+    stored = {row["index"]: row["error"] for row in await _error_rows(parse, batch_id)}
+    assert stored == {
+        0: "ParseUnavailable: Parse Server at <address> unreachable",
+        1: "upstream <address> refused",
+        2: "db <address> down; retry <address>",
+        3: "Parse error 121: Invalid field name: a.b.",
+    }
+    request = await store.find_batch_request(parse, batch_id)
+    assert request is not None and {e.index: e.error for e in request.errors} == stored

@@ -1,14 +1,15 @@
 """Failure paths: missing objects, unusable files (not retryable), Parse unreachable (retryable), no orphans.
 
-Files are broken for real (garbage uploaded to Parse, a file deleted, a tiny decompression limit); only the
-create-after-upload faults use a wrapped transport, because a healthy Parse Server won't fail on demand.
+Files are broken for real (garbage uploaded to Parse, a file deleted, a tiny decompression limit); network
+faults are real too: a TcpProxy in front of Parse refuses or swallows the chosen request, switched by a
+cue as it goes out (toolkit/testing/cued_transport.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gzip
-import json
 import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -17,11 +18,17 @@ from typing import Any
 import httpx
 import pytest
 
-from toolkit.parse import ObjectNotFound, ParseClient, ParseError, ParseUnavailable
+from tests.fixtures.parse_proxy import via_proxy
+from tests.fixtures.worker_process import wait_until
+from toolkit.parse import ParseClient, ParseUnavailable
 from toolkit.parse import batch_requests as store
+from toolkit.parse.cleanup import local_files_dir
 from toolkit.parse.models import MemoryItem
+from toolkit.parse.schema import BATCH_MEMORY_REQUEST
 from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
+from toolkit.testing.cued_transport import CuedTransport
+from toolkit.testing.tcp_proxy import TcpProxy
 from toolkit.validation.workloads import chitchat_memories
 
 CreateBatch = Callable[..., Awaitable[str]]
@@ -181,99 +188,119 @@ async def test_parse_unreachable_is_parse_unavailable(
             await store.find_batch_request(client, f"down{unique}")
 
 
-class _FilesUnreachable(httpx.AsyncBaseTransport):
-    """The real transport, but every file download fails at the connection (the object GET works)."""
-
-    def __init__(self) -> None:
-        self.real = httpx.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "GET" and "/files/" in request.url.path:
-            raise httpx.ConnectError("injected: files backend unreachable", request=request)
-        return await self.real.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.real.aclose()
+async def test_parse_unavailable_names_no_address_and_logs_it(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The message reaches users (a batch-level failure, a chunk's "not processed" errors): the address
+    of the Parse Server stays in the log."""
+    port = _closed_port()
+    down = dataclasses.replace(settings, parse_server_url=f"http://127.0.0.1:{port}/parse")
+    async with ParseClient(down, retry_delays_s=()) as client:
+        with pytest.raises(ParseUnavailable) as unreachable:
+            await client.get_object("BatchMemoryRequest", "someRequest1", master=True)
+        with pytest.raises(ParseUnavailable) as download:
+            await client.download(f"http://127.0.0.1:{port}/parse/files/{down.parse_app_id}/x.json.gz")
+    for error in (unreachable.value, download.value):
+        assert str(error) == "Parse Server unreachable (ConnectError)"
+    assert f"Parse Server at http://127.0.0.1:{port}/parse unreachable: ConnectError" in caplog.text
 
 
 async def test_a_download_that_cannot_connect_is_retryable_not_a_file_error(
-    settings: Settings, create_batch: CreateBatch
+    settings: Settings, create_batch: CreateBatch, parse_proxy: TcpProxy
 ) -> None:
     request_id = await create_batch()
-    async with ParseClient(settings, transport=_FilesUnreachable(), retry_delays_s=(0.01,)) as client:
+
+    async def cue(request: httpx.Request) -> None:
+        # The object is read; its file's host refuses the connection (the proxy goes down for it).
+        downloading = request.method == "GET" and "/files/" in request.url.path
+        parse_proxy.set_mode("down" if downloading else "forward")
+
+    transport = CuedTransport(cue)
+    async with ParseClient(
+        via_proxy(settings, parse_proxy), transport=transport, retry_delays_s=(0.01,)
+    ) as client:
         with pytest.raises(ParseUnavailable):
             await store.fetch_batch_memory_request_from_parse(client, settings, request_id)
+    assert len([r for r in transport.sent if "/files/" in r.url.path]) == 2  # the download and its retry
 
 
-class _FaultyCreate(httpx.AsyncBaseTransport):
-    """The real transport, except for ``POST classes/BatchMemoryRequest``.
-
-    ``reject``: a 400 without reaching Parse; ``unreachable``: a connection error; ``lost_response``:
-    the create lands, then its answer is lost. Uploaded files are recorded to check what became of them.
-    """
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-        self.real = httpx.AsyncHTTPTransport()
-        self.uploaded: list[dict[str, str]] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "POST" and request.url.path.endswith("/classes/BatchMemoryRequest"):
-            if self.mode == "reject":
-                return httpx.Response(400, json={"code": 111, "error": "injected: schema mismatch"})
-            if self.mode == "unreachable":
-                raise httpx.ConnectError("injected: connection refused", request=request)
-            response = await self.real.handle_async_request(request)
-            await response.aread()
-            await response.aclose()
-            raise httpx.ReadTimeout("injected: response lost", request=request)
-        response = await self.real.handle_async_request(request)
-        if request.method == "POST" and "/files/" in request.url.path:
-            await response.aread()
-            self.uploaded.append(json.loads(response.content))
-        return response
-
-    async def aclose(self) -> None:
-        await self.real.aclose()
+def _batch_files(settings: Settings, batch_id: str) -> list[str]:
+    directory = local_files_dir(settings)
+    assert directory is not None, "the local stack's files directory must exist"
+    return [path.name for path in directory.iterdir() if batch_id in path.name]
 
 
-@pytest.mark.parametrize("mode", ["reject", "unreachable"])
-async def test_a_failed_create_leaves_no_orphan_file(
-    parse: ParseClient, settings: Settings, user: ParseUser, unique: str, mode: str
+async def test_a_create_that_cannot_connect_leaves_no_orphan_file(
+    parse: ParseClient, settings: Settings, user: ParseUser, unique: str, parse_proxy: TcpProxy
 ) -> None:
-    transport = _FaultyCreate(mode)
-    async with ParseClient(settings, transport=transport, retry_delays_s=()) as client:
-        with pytest.raises(ParseUnavailable if mode == "unreachable" else ParseError):
+    """The upload goes through; the create's connection is refused (the proxy is down for that one
+    request). The create never reached Parse, so the uploaded file must be deleted.
+
+    A create that Parse itself refuses (a schema drift, error 111) is in the fault suite
+    (tests/faults/test_store_faults.py): it changes the schema, so it runs on a stack of its own."""
+    batch_id = f"orphan{unique}"
+    files_at_create: list[list[str]] = []
+
+    async def cue(request: httpx.Request) -> None:
+        creating = request.method == "POST" and request.url.path.endswith(f"/classes/{BATCH_MEMORY_REQUEST}")
+        if creating:
+            files_at_create.append(_batch_files(settings, batch_id))
+        parse_proxy.set_mode("down" if creating else "forward")
+
+    async with ParseClient(
+        via_proxy(settings, parse_proxy), transport=CuedTransport(cue), retry_delays_s=()
+    ) as client:
+        with pytest.raises(ParseUnavailable):
             await store.create_batch_memory_request_in_parse(
                 client,
                 settings,
-                batch_id=f"orphan{unique}",
+                batch_id=batch_id,
                 submission=store.Submission(user.object_id),
                 memories=_items(chitchat_memories(10)),
             )
-    [uploaded] = transport.uploaded
-    with pytest.raises(ObjectNotFound):
-        await parse.download(uploaded["url"])
-    assert await parse.count("BatchMemoryRequest", {"batchId": f"orphan{unique}"}, master=True) == 0
+    assert [len(names) for names in files_at_create] == [1], "the file was uploaded before the create"
+    assert _batch_files(settings, batch_id) == []
+    assert await parse.count(BATCH_MEMORY_REQUEST, {"batchId": batch_id}, master=True) == 0
 
 
 async def test_a_create_whose_answer_was_lost_keeps_its_file_and_returns_the_request(
-    parse: ParseClient, settings: Settings, user: ParseUser, unique: str
+    parse: ParseClient, settings: Settings, user: ParseUser, unique: str, parse_proxy: TcpProxy
 ) -> None:
-    transport = _FaultyCreate("lost_response")
+    """Parse stores the request but its answer is swallowed; the proxy cuts the waiting connection once
+    the request exists (as a dying load balancer would). The store must find the request it created."""
+    batch_id = f"lost{unique}"
     memories = _items(chitchat_memories(10))
-    async with ParseClient(settings, transport=transport, retry_delays_s=()) as client:
+    cut: list[asyncio.Task[None]] = []
+
+    async def cut_once_created() -> None:
+        async def created() -> bool:
+            return await parse.count(BATCH_MEMORY_REQUEST, {"batchId": batch_id}, master=True) == 1
+
+        await wait_until(created, 60, "the request stored behind the lost answer")
+        parse_proxy.set_mode("forward")  # leaving drop_replies cuts the connection that waits
+
+    async def cue(request: httpx.Request) -> None:
+        if request.method == "POST" and request.url.path.endswith(f"/classes/{BATCH_MEMORY_REQUEST}"):
+            parse_proxy.set_mode("drop_replies")
+            cut.append(asyncio.create_task(cut_once_created()))
+
+    async with ParseClient(
+        via_proxy(settings, parse_proxy), transport=CuedTransport(cue), retry_delays_s=()
+    ) as client:
         request_id = await store.create_batch_memory_request_in_parse(
             client,
             settings,
-            batch_id=f"lost{unique}",
+            batch_id=batch_id,
             submission=store.Submission(user.object_id),
             memories=memories,
         )
+    await asyncio.gather(*cut)
     try:
+        assert len(cut) == 1, "the create's answer was not lost"
         request = await store.fetch_batch_memory_request_from_parse(parse, settings, request_id)
-        assert request is not None and request.batch_id == f"lost{unique}"
+        assert request is not None and request.batch_id == batch_id
         assert request.memories == memories
-        assert await parse.count("BatchMemoryRequest", {"batchId": f"lost{unique}"}, master=True) == 1
+        assert await parse.count(BATCH_MEMORY_REQUEST, {"batchId": batch_id}, master=True) == 1
+        assert len(_batch_files(settings, batch_id)) == 1
     finally:
         await store.delete_batch_request(parse, request_id)

@@ -1,23 +1,25 @@
 """The memory writer against the real Parse Server: batched, idempotent, per-memory failures.
 
-Only the transport-failure tests wrap the real transport (a lost response and a dead chunk are things a
-healthy local server will not produce on demand); every write still lands in the real Parse/Postgres.
+Network faults are real: a TcpProxy in front of Parse refuses connections or swallows answers, switched
+by a cue at the moment a chosen request goes out (toolkit/testing/cued_transport.py). PostgreSQL really
+down is in the fault suite (tests/faults/test_store_faults.py), which has a stack of its own to stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
+from tests.fixtures.parse_proxy import via_proxy
+from tests.fixtures.worker_process import wait_until
 from toolkit.parse import ParseClient
 from toolkit.parse.errors import ParseUnavailable
 from toolkit.parse.memory_writer import (
+    NOT_OURS,
     MemoryWriter,
     WriteContext,
     WriteOutcome,
@@ -28,7 +30,9 @@ from toolkit.parse.memory_writer import (
 from toolkit.parse.models import MemoryItem, memory_object_id
 from toolkit.parse.users import ParseUser, add_to_org_role, sign_up
 from toolkit.settings import Settings
+from toolkit.testing.cued_transport import CuedTransport
 from toolkit.testing.ports import free_port
+from toolkit.testing.tcp_proxy import TcpProxy
 from toolkit.validation.workloads import chitchat_memories
 
 
@@ -71,7 +75,7 @@ def memories_250() -> list[dict]:
     return chitchat_memories(245) + UNICODE_MEMORIES
 
 
-async def test_writes_250_memories_with_fields_and_owner_only_acl(
+async def test_writes_250_memories_with_fields_and_an_owner_read_only_acl(
     parse: ParseClient, user: ParseUser, other_user: ParseUser, batch_id: str, memories_250: list[dict]
 ) -> None:
     items = _items(memories_250)
@@ -87,7 +91,7 @@ async def test_writes_250_memories_with_fields_and_owner_only_acl(
         assert {k: row[k] for k in ("content", "type", "metadata")} == memory_fields(item)
         assert row["batchId"] == batch_id
         assert row["user"] == {"__type": "Pointer", "className": "_User", "objectId": user.object_id}
-        assert row["ACL"] == {user.object_id: {"read": True, "write": True}}
+        assert row["ACL"] == {user.object_id: {"read": True}}
     # Not public: another signed-in user finds none, the owner finds all.
     assert await parse.count("Memory", {"batchId": batch_id}, session_token=other_user.session_token) == 0
     assert await parse.count("Memory", {"batchId": batch_id}, session_token=user.session_token) == 250
@@ -105,7 +109,7 @@ async def test_org_role_members_can_read_but_not_others(
     assert all(o.ok for o in outcomes) and len(outcomes) == 20
     stored = await _stored(parse, batch_id)
     assert all(
-        row["ACL"] == {user.object_id: {"read": True, "write": True}, f"role:org_{org}": {"read": True}}
+        row["ACL"] == {user.object_id: {"read": True}, f"role:org_{org}": {"read": True}}
         for row in stored.values()
     )
     assert await parse.count("Memory", {"batchId": batch_id}, session_token=member.session_token) == 20
@@ -143,6 +147,47 @@ async def test_mix_of_fresh_and_already_written_indexes(
     assert await count_memories(parse, batch_id) == 100
 
 
+async def test_a_foreign_object_at_a_memory_id_is_a_failed_memory_not_an_already_written_one(
+    parse: ParseClient, user: ParseUser, other_user: ParseUser, batch_id: str
+) -> None:
+    """Objects planted before the permissions were closed (any signed-in user could create a Memory with
+    any objectId): the writer counts a duplicate as written only if it is this batch's own memory."""
+    foreign = {
+        2: {"batchId": batch_id, "index": 2, "user": other_user.object_id},  # another owner
+        5: {"batchId": "someOtherBatch", "index": 5, "user": user.object_id},  # another batch
+        7: {"batchId": batch_id, "index": 8, "user": user.object_id},  # another index
+    }
+    for index, planted in foreign.items():
+        await parse.create_object(
+            "Memory",
+            {
+                "objectId": memory_object_id(batch_id, index),
+                "content": "planted",
+                "batchId": planted["batchId"],
+                "index": planted["index"],
+                "user": {"__type": "Pointer", "className": "_User", "objectId": planted["user"]},
+                "ACL": {},
+            },
+            master=True,
+        )
+    writer = MemoryWriter(parse, batch_size=5)
+    context = WriteContext(batch_id, user.object_id)
+    items = _items(chitchat_memories(10))
+    await writer.write(context, items[:1])  # index 0 written by an earlier attempt
+
+    outcomes = await writer.write(context, items)
+
+    assert [(o.index, o.ok, o.already_written) for o in outcomes] == [
+        (i, i not in foreign, i == 0) for i in range(10)
+    ]
+    assert {o.index: o.error for o in outcomes if not o.ok} == {i: NOT_OURS for i in foreign}
+    rows = await parse.find("Memory", {"batchId": batch_id}, limit=100, master=True)
+    assert sorted(row["index"] for row in rows if row["content"] != "planted") == [
+        i for i in range(10) if i not in foreign
+    ]
+    await parse.delete_object("Memory", memory_object_id(batch_id, 5), master=True)  # not of this batch
+
+
 async def test_processor_is_applied_before_writing(
     parse: ParseClient, user: ParseUser, batch_id: str
 ) -> None:
@@ -157,12 +202,12 @@ async def test_processor_is_applied_before_writing(
     assert {i: row["content"] for i, row in stored.items()} == {i: item.content.upper() for i, item in items}
 
 
-async def test_processor_failure_fails_only_that_memory(
-    parse: ParseClient, user: ParseUser, batch_id: str
+async def test_processor_failure_fails_only_that_memory_and_its_message_stays_in_the_log(
+    parse: ParseClient, user: ParseUser, batch_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def flaky(index: int, item: MemoryItem) -> MemoryItem:
         if index == 3:
-            raise RuntimeError("enrichment service said no")
+            raise RuntimeError("enrichment service at http://10.1.2.3:8080 said no")
         return item
 
     outcomes = await MemoryWriter(parse, batch_size=5, processor=flaky).write(
@@ -171,7 +216,9 @@ async def test_processor_failure_fails_only_that_memory(
 
     failed = [o for o in outcomes if not o.ok]
     assert [o.index for o in failed] == [3]
-    assert failed[0].error == "processor failed: RuntimeError: enrichment service said no"
+    # The owner reads the error (/errors): the type only; the message may name anything internal.
+    assert failed[0].error == "processor failed: RuntimeError"
+    assert "http://10.1.2.3:8080 said no" in caplog.text
     assert sorted(await _stored(parse, batch_id)) == [i for i in range(12) if i != 3]
 
 
@@ -262,68 +309,72 @@ async def test_concurrent_small_chunks_give_the_same_result(
     assert all(stored[i]["content"] == item.content for i, item in items)
 
 
-class _FlakyBatchTransport(httpx.AsyncBaseTransport):
-    """Forwards to the real server; ``fail(n, request)`` decides, per /batch call, how to break it.
-
-    Returns ``"before"`` (connection drops before the server sees it), ``"after"`` (the server writes,
-    then the response is lost as a 503) or ``None`` (pass through).
-    """
-
-    def __init__(self, fail: Callable[[int, httpx.Request], str | None]) -> None:
-        self._real = httpx.AsyncHTTPTransport()
-        self._fail = fail
-        self.batch_calls = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if not request.url.path.endswith("/batch"):
-            return await self._real.handle_async_request(request)
-        self.batch_calls += 1
-        mode = self._fail(self.batch_calls, request)
-        if mode == "before":
-            raise httpx.ConnectError("simulated connection drop", request=request)
-        response = await self._real.handle_async_request(request)
-        await response.aread()
-        if mode == "after":
-            return httpx.Response(503, json={"code": 1, "error": "simulated lost response"}, request=request)
-        return response
-
-    async def aclose(self) -> None:
-        await self._real.aclose()
+def _batch_calls(transport: CuedTransport) -> int:
+    return len(transport.sent_to("POST", "/batch"))
 
 
-@pytest.mark.parametrize("mode", ["before", "after"])
-async def test_unavailable_batch_call_is_retried_without_duplicates(
-    settings: Settings, parse: ParseClient, user: ParseUser, batch_id: str, mode: str
+@pytest.mark.parametrize("fault", ["down", "drop_replies"])
+async def test_a_batch_call_that_fails_is_retried_without_duplicates(
+    settings: Settings, parse: ParseClient, user: ParseUser, batch_id: str, parse_proxy: TcpProxy, fault: str
 ) -> None:
-    transport = _FlakyBatchTransport(lambda n, _: mode if n == 1 else None)
-    async with ParseClient(settings, transport=transport, retry_delays_s=(0.05, 0.05)) as flaky:
+    """The first /batch call meets a real fault in a real proxy: ``down`` refuses the connection before
+    Parse sees anything; ``drop_replies`` lets Parse store the chunk and swallows the answer, and the
+    proxy cuts that connection once the chunk is stored (the client sees its call fail, as when a load
+    balancer dies). Either way the client's retry must leave exactly one copy of each memory."""
+    cut: list[asyncio.Task[None]] = []
+
+    async def cut_once_the_first_chunk_is_stored() -> None:
+        async def stored() -> bool:
+            return await count_memories(parse, batch_id) == 25
+
+        await wait_until(stored, 60, "the first chunk stored behind the lost answer")
+        parse_proxy.set_mode("forward")  # leaving drop_replies cuts the connection that waits
+
+    async def cue(request: httpx.Request) -> None:
+        if request.url.path.endswith("/batch") and _batch_calls(transport) == 1:
+            parse_proxy.set_mode(fault)  # type: ignore[arg-type]
+            if fault == "drop_replies":
+                cut.append(asyncio.create_task(cut_once_the_first_chunk_is_stored()))
+        elif request.url.path.endswith("/batch"):
+            parse_proxy.set_mode("forward")
+
+    transport = CuedTransport(cue)
+    async with ParseClient(
+        via_proxy(settings, parse_proxy), transport=transport, retry_delays_s=(0.05,)
+    ) as flaky:
         outcomes = await MemoryWriter(flaky, batch_size=25, concurrency=1).write(
             WriteContext(batch_id, user.object_id), _items(chitchat_memories(50))
         )
+    await asyncio.gather(*cut)
 
-    assert transport.batch_calls == 3  # chunk 1 twice, chunk 2 once
+    assert _batch_calls(transport) == 3  # chunk 1 twice, chunk 2 once
     assert all(o.ok for o in outcomes) and len(outcomes) == 50
-    # After a lost response the resend finds chunk 1 already there (137), never a second copy.
-    assert [o.already_written for o in outcomes] == [mode == "after" and i < 25 for i in range(50)]
+    # After a lost answer the resend finds chunk 1 already there (137), never a second copy.
+    assert [o.already_written for o in outcomes] == [fault == "drop_replies" and i < 25 for i in range(50)]
     assert await count_memories(parse, batch_id) == 50
     assert sorted(await _stored(parse, batch_id)) == list(range(50))
 
 
 async def test_a_chunk_that_stays_unavailable_raises_and_fails_no_memory(
-    settings: Settings, parse: ParseClient, user: ParseUser, batch_id: str
+    settings: Settings, parse: ParseClient, user: ParseUser, batch_id: str, parse_proxy: TcpProxy
 ) -> None:
     # An outage is not the memories' fault. Recording them as failed lost them for good when Parse came
     # back before the next chunk (found by the fault suite); raising lets the activity retry them.
     dead_id = memory_object_id(batch_id, 10)
-    transport = _FlakyBatchTransport(
-        lambda n, request: "before" if dead_id in request.content.decode() else None
-    )
+
+    async def cue(request: httpx.Request) -> None:
+        # Every call that carries the second chunk finds the proxy down; the others go through.
+        parse_proxy.set_mode("down" if dead_id in request.content.decode() else "forward")
+
     seen: list[list[WriteOutcome]] = []
 
     async def on_chunk_done(outcomes: list[WriteOutcome]) -> None:
         seen.append(outcomes)
 
-    async with ParseClient(settings, transport=transport, retry_delays_s=(0.01, 0.01)) as flaky:
+    transport = CuedTransport(cue)
+    async with ParseClient(
+        via_proxy(settings, parse_proxy), transport=transport, retry_delays_s=(0.01, 0.01)
+    ) as flaky:
         with pytest.raises(ParseUnavailable):
             await MemoryWriter(flaky, batch_size=10, concurrency=1).write(
                 WriteContext(batch_id, user.object_id),
@@ -331,39 +382,10 @@ async def test_a_chunk_that_stays_unavailable_raises_and_fails_no_memory(
                 on_chunk_done=on_chunk_done,
             )
 
+    assert _batch_calls(transport) == 1 + 3  # chunk 1, then chunk 2 and its two retries
     assert [[o.index for o in chunk] for chunk in seen] == [list(range(10))]
     assert all(o.ok for chunk in seen for o in chunk)
     assert await count_memories(parse, batch_id) == 10
-
-
-class _DatabaseDownTransport(_FlakyBatchTransport):
-    """Answers the first /batch call as Parse does while PostgreSQL restarts (seen in the fault suite):
-    200, with a driver or SQLSTATE error per item. Later calls reach the real server."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/batch") and self.batch_calls == 0:
-            self.batch_calls += 1
-            count = len(json.loads(request.content)["requests"])
-            codes = ["ECONNREFUSED", "57P03"]
-            answer = [
-                {"error": {"code": codes[i % 2], "error": "database unavailable"}} for i in range(count)
-            ]
-            return httpx.Response(200, json=answer, request=request)
-        return await super().handle_async_request(request)
-
-
-async def test_per_item_database_outage_raises_and_the_retry_writes_every_memory(
-    settings: Settings, parse: ParseClient, user: ParseUser, batch_id: str
-) -> None:
-    transport = _DatabaseDownTransport(lambda n, request: None)
-    async with ParseClient(settings, transport=transport) as client:
-        writer = MemoryWriter(client, batch_size=10, concurrency=1)
-        with pytest.raises(ParseUnavailable):
-            await writer.write(WriteContext(batch_id, user.object_id), _items(chitchat_memories(20)))
-        # What the activity's retry does: the same memories again, now with the database back.
-        outcomes = await writer.write(WriteContext(batch_id, user.object_id), _items(chitchat_memories(20)))
-    assert all(o.ok for o in outcomes) and len(outcomes) == 20
-    assert sorted(await _stored(parse, batch_id)) == list(range(20))
 
 
 async def test_parse_down_raises_instead_of_failing_the_memories(
@@ -389,7 +411,7 @@ async def test_parse_down_raises_instead_of_failing_the_memories(
 async def test_requests_are_split_to_stay_under_the_byte_limit(
     settings: Settings, parse: ParseClient, user: ParseUser, batch_id: str
 ) -> None:
-    transport = _FlakyBatchTransport(lambda n, request: None)
+    transport = CuedTransport()  # no cue: it only counts what is sent
     items = [(i, _item(f"memory {i} " + "x" * 900)) for i in range(20)]
     items.append((20, _item("y" * 5000)))
     async with ParseClient(settings, transport=transport) as counting:
@@ -399,7 +421,10 @@ async def test_requests_are_split_to_stay_under_the_byte_limit(
 
     assert [o.index for o in outcomes if not o.ok] == [20]
     assert outcomes[20].error and "over the 4096-byte limit" in outcomes[20].error
-    assert transport.batch_calls >= 5  # 20 memories of ~1.2 KB cannot share a 4 KB body more than 3 at a time
+    assert all(len(r.content) <= 4096 for r in transport.sent_to("POST", "/batch"))
+    assert (
+        _batch_calls(transport) >= 7
+    )  # 20 memories of ~1.2 KB cannot share a 4 KB body more than 3 at a time
     assert await count_memories(parse, batch_id) == 20
 
 
@@ -436,24 +461,3 @@ async def test_delete_memories_removes_every_copy(parse: ParseClient, user: Pars
     assert await delete_memories(parse, batch, page_size=50) == 120
     assert await count_memories(parse, batch) == 0
     assert await delete_memories(parse, batch) == 0
-
-
-async def test_throughput_concurrency_1_vs_4(parse: ParseClient, user: ParseUser, unique: str) -> None:
-    """For information: memories/s for 1,000 memories written at concurrency 1 and 4 (batch_size 50)."""
-    memories = chitchat_memories(1000)
-    rates: dict[int, float] = {}
-    for concurrency in (1, 4):
-        batch = f"writerspeed{concurrency}{unique}"
-        writer = MemoryWriter(parse, batch_size=50, concurrency=concurrency)
-        started = time.perf_counter()
-        outcomes = await writer.write(WriteContext(batch, user.object_id), _items(memories))
-        rates[concurrency] = len(outcomes) / (time.perf_counter() - started)
-        assert all(o.ok for o in outcomes)
-        assert await count_memories(parse, batch) == 1000
-        assert await delete_memories(parse, batch) == 1000
-    raw = sum(len(json.dumps(m).encode()) for m in memories)
-    print(
-        f"\nmemory writer, chitchat workload, 1,000 memories ({raw:,} JSON bytes), batch_size 50: "
-        f"concurrency 1 = {rates[1]:,.0f} memories/s, concurrency 4 = {rates[4]:,.0f} memories/s "
-        f"(x{rates[4] / rates[1]:.2f})"
-    )

@@ -16,6 +16,7 @@ from toolkit.parse.models import (
     MemoryItem,
     ParseFile,
     Pointer,
+    error_object_id,
     from_parse_date,
     memory_object_id,
     to_parse_date,
@@ -321,6 +322,26 @@ def test_memory_object_ids_are_deterministic_distinct_and_valid() -> None:
     assert {len(object_id) for object_id in ids} == {26}
     # Pinned: a change here would orphan every Memory already written.
     assert memory_object_id("b", 0) == "m1c9xU4IdGyoNYVz9k0FjTkdcZ"
+
+
+# Pinned: a retried activity must find the error it already stored (one entry per index), across a
+# deploy too. Computed once outside Python, from the documented formula ("e" + 25 base-62 digits of the
+# first 18 bytes of sha256("error:<batch_id>:<index>"), digits 0-9A-Za-z): openssl for the digest, bc
+# for the base change (`echo "obase=62; ibase=16; <36 hex digits>" | bc`, each output pair one digit).
+PINNED_ERROR_IDS = {("b", 0): "e236dRTjHKIQPRkm97FldDJrrf", ("b", -1): "e0g4UUFDpDHJTHGwJWK8oB7un3"}
+
+
+def test_error_object_ids_are_pinned_to_values_computed_outside_the_code() -> None:
+    assert {key: error_object_id(*key) for key in PINNED_ERROR_IDS} == PINNED_ERROR_IDS
+    # Never the id of the memory at the same index: errors and memories live in different classes,
+    # but one derivation for both would let a planted id in one collide with the other.
+    assert error_object_id("b", 0) != memory_object_id("b", 0)
+
+
+@pytest.mark.parametrize("index", [-2, 1.0, "1", True])
+def test_error_object_id_refuses_bad_indexes(index: object) -> None:
+    with pytest.raises(ValueError):
+        error_object_id("b", index)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("index", [-1, 1.0, "1", True])

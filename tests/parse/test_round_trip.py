@@ -87,12 +87,12 @@ async def test_gzip_ratio_of_100_chitchat_memories_is_at_least_5x(
     assert ratio >= 5
 
 
-async def test_object_acl_is_the_owner_and_the_org_role_never_public(
+async def test_object_acl_is_the_owner_and_the_org_role_reading_never_public_never_writable(
     parse: ParseClient, user: ParseUser, create_batch: CreateBatch
 ) -> None:
     request_id = await create_batch(organization_id="orgAcl1", namespace_id="ns1", workspace_id="ws1")
     raw = await parse.get_object("BatchMemoryRequest", request_id, master=True)
-    assert raw["ACL"] == {user.object_id: {"read": True, "write": True}, "role:org_orgAcl1": {"read": True}}
+    assert raw["ACL"] == {user.object_id: {"read": True}, "role:org_orgAcl1": {"read": True}}
     assert raw["organization"] == {"__type": "Pointer", "className": "Organization", "objectId": "orgAcl1"}
     assert raw["namespace"]["className"] == "Namespace"
     assert raw["workspace"]["className"] == "WorkSpace"

@@ -12,36 +12,36 @@ import json
 import os
 import re
 import signal
-import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
+from tests.fixtures.long_ago import LONG_AGO, days_since_2001
+from tests.fixtures.parse_proxy import parse_url_via
 from tests.fixtures.worker_process import start_worker_process, wait_until
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.memory_writer import MemoryWriter, count_memories
 from toolkit.parse.models import MemoryItem
-from toolkit.parse.schema import BATCH_MEMORY_REQUEST
+from toolkit.parse.schema import BATCH_MEMORY_REQUEST, MEMORY
 from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
 from toolkit.temporal.activities import BatchActivities
 from toolkit.temporal.batch_types import BatchReference, BatchSummary
 from toolkit.temporal.starter import start_batch_workflow_with_reference
+from toolkit.testing.tcp_proxy import TcpProxy
 from toolkit.validation.workloads import synthetic_memories
 
 TOTAL = 2000
 CHUNK = 500
 
 
-# One memory per write, serially, so a chunk takes seconds, not one: the test waits for a heartbeated
-# checkpoint inside a chunk, and heartbeats reach the server at most once a second. With 5 per write a
-# quiet machine wrote whole chunks between two heartbeats and the wait timed out (seen in make test).
-SLOW_WRITES = {"WRITER_BATCH_SIZE": "1", "WRITER_CONCURRENCY": "1", "BATCH_CHUNK_WINDOW": "2"}
+# Small serial writes, so a chunk lasts long enough for the test to see it 100 memories in and hold it
+# there (a chunk of 500 takes ~100 writes). Two chunks at a time.
+SLOW_WRITES = {"WRITER_BATCH_SIZE": "5", "WRITER_CONCURRENCY": "1", "BATCH_CHUNK_WINDOW": "2"}
 
 
 async def store_chunked(
@@ -63,9 +63,16 @@ async def store_chunked(
 
 @pytest.mark.timeout(1200)
 async def test_killed_worker_mid_chunked_batch_loses_and_duplicates_nothing(
-    temporal: Client, parse: ParseClient, worker_settings: Settings, user: ParseUser, tmp_path: Path
+    temporal: Client,
+    parse: ParseClient,
+    worker_settings: Settings,
+    user: ParseUser,
+    tmp_path: Path,
+    parse_proxy: TcpProxy,
 ) -> None:
-    first, ready = start_worker_process(worker_settings, tmp_path / "first.log", **SLOW_WRITES)
+    # The first worker reaches Parse through a real proxy, so the test can hold its writes mid-chunk.
+    proxied = {"PARSE_SERVER_URL": parse_url_via(worker_settings, parse_proxy)}
+    first, ready = start_worker_process(worker_settings, tmp_path / "first.log", **SLOW_WRITES, **proxied)
 
     async def first_ready() -> bool:
         return ready.exists()
@@ -85,18 +92,30 @@ async def test_killed_worker_mid_chunked_batch_loses_and_duplicates_nothing(
             if pending.heartbeat_details.payloads
         ]
 
+    async def a_chunk_100_in() -> bool:
+        for chunk in range(TOTAL // CHUNK):
+            where = {"batchId": batch_id, "index": {"$gte": chunk * CHUNK, "$lt": (chunk + 1) * CHUNK}}
+            if 100 <= await parse.count(MEMORY, where, master=True) < CHUNK:
+                return True
+        return False
+
     async def inside_a_chunk() -> bool:
         # A chunk checkpoint 100 memories past its chunk's start: the kill lands mid-chunk.
         return any(next_index % CHUNK >= 100 for next_index in await chunk_checkpoints())
 
-    await wait_until(inside_a_chunk, 120, "a chunk checkpoint 100 memories into its chunk")
+    # Wait for the event, not for the speed of the writes: once a chunk is 100 memories in, hold every
+    # write of the worker. Its chunks stop where they are, and their heartbeats (which go to Temporal,
+    # not through the proxy) bring the server a checkpoint inside the chunk within a second or two.
+    await wait_until(a_chunk_100_in, 120, "a chunk 100 memories in")
+    parse_proxy.set_mode("drop_replies")
+    await wait_until(inside_a_chunk, 60, "a chunk checkpoint 100 memories into its chunk")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     written_at_kill = await count_memories(parse, batch_id)
     assert 0 < written_at_kill < TOTAL, "the kill must land in the middle of the batch"
 
     second_log = tmp_path / "second.log"
-    second, _ = start_worker_process(worker_settings, second_log, **SLOW_WRITES)
+    second, _ = start_worker_process(worker_settings, second_log, **SLOW_WRITES)  # straight to Parse
     try:
         # A bound, not a timing assertion: on a loaded 2-core box the serial writes take minutes.
         summary = await asyncio.wait_for(handle.result(), timeout=900)
@@ -215,12 +234,12 @@ async def test_cleanup_removes_chunk_files_of_finished_batches_and_keeps_running
 ) -> None:
     from toolkit.parse.cleanup import cleanup_finished_files, local_files_dir
 
+    # The stack is shared: this batch is dated back to 2000 and the cleanup's cutoff is in 2001, so it
+    # can select nothing but what this test made (tests/fixtures/long_ago.py).
     running_id, running_batch = await store_chunked(parse, worker_settings, user, 1100)
     finished_id, finished_batch = await store_chunked(parse, worker_settings, user, 600)
     await store.update_batch_request_status(parse, running_id, "processing")
-    await store.update_batch_request_status(
-        parse, finished_id, "completed", extra={"completedAt": datetime.now(UTC)}
-    )
+    await store.update_batch_request_status(parse, finished_id, "completed", extra={"completedAt": LONG_AGO})
     directory = local_files_dir(worker_settings)
     assert directory is not None
 
@@ -228,12 +247,11 @@ async def test_cleanup_removes_chunk_files_of_finished_batches_and_keeps_running
         return [path for path in directory.iterdir() if batch_id in path.name]
 
     # The running batch's files look old enough to be orphans: only their reference keeps them.
-    old = time.time() - 7200
     for path in files_of(running_batch):
-        os.utime(path, (old, old))
+        os.utime(path, (LONG_AGO.timestamp(), LONG_AGO.timestamp()))
     assert (len(files_of(running_batch)), len(files_of(finished_batch))) == (3, 2)
 
-    report = await cleanup_finished_files(parse, worker_settings, older_than_days=0)
+    report = await cleanup_finished_files(parse, worker_settings, older_than_days=days_since_2001())
     assert not report.errors, report.errors
     assert len(files_of(running_batch)) == 3
     assert files_of(finished_batch) == []

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from temporalio.client import Client
 
+from tests.fixtures.worker_process import wait_until
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.memory_writer import count_memories
 from toolkit.parse.users import ParseUser
 from toolkit.settings import Settings
 from toolkit.temporal.starter import store_and_start
+from toolkit.temporal.worker import build_worker
 from toolkit.validation.webhook_receiver import running_receiver
 from toolkit.validation.workloads import chitchat_memories
 
@@ -109,14 +112,24 @@ async def test_webhook_retried_until_2xx_then_marked_sent(
 
 
 async def test_webhook_never_answered_leaves_webhook_sent_false_and_status_unchanged(
-    temporal: Client, parse: ParseClient, worker_settings: Settings, worker: None, user: ParseUser
+    temporal: Client, parse: ParseClient, worker_settings: Settings, user: ParseUser
 ) -> None:
+    # The receiver never answers, so every attempt ends at the timeout whatever its length: a short one
+    # keeps the test quick, and the count below does not depend on it.
+    hanging = dataclasses.replace(worker_settings, webhook_timeout_s=0.2)
     with running_receiver(SECRET) as receiver:
         receiver.script(*["hang"] * 20)
-        batch = await _submit_with_webhook(temporal, parse, worker_settings, user, receiver, 10)
-        summary = await batch.result()
+        async with build_worker(temporal, hanging, parse):
+            batch = await _submit_with_webhook(temporal, parse, hanging, user, receiver, 10)
+            summary = await batch.result()
+
+        # Every attempt was sent before it timed out; the receiver reads it even after the sender gave up.
+        async def all_attempts_arrived() -> bool:
+            return len(receiver.requests) >= hanging.webhook_max_attempts
+
+        await wait_until(all_attempts_arrived, 30, "every webhook attempt at the receiver")
     assert summary.webhook_sent is False
-    assert len(receiver.requests) == worker_settings.webhook_max_attempts
+    assert len(receiver.requests) == hanging.webhook_max_attempts
     request = await _request(parse, worker_settings, batch.request_id)
     assert (request.status, request.webhook_sent, request.success_count) == ("completed", False, 10)
 

@@ -10,6 +10,7 @@ import uuid
 import pytest
 from temporalio.client import Client, WorkflowFailureError
 
+from tests.fixtures.temporal_worker import activity_attempts
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.memory_writer import count_memories
@@ -76,7 +77,7 @@ async def test_missing_request_fails_without_retrying(
     while getattr(cause, "cause", None) is not None:
         cause = cause.cause
     assert getattr(cause, "type", None) == "BatchRequestMissing"
-    assert await _activity_attempts(handle, "fetch_and_process_batch_memories") == [1], (
+    assert await activity_attempts(handle, "fetch_and_process_batch_memories") == [1], (
         "a missing request must not be retried"
     )
 
@@ -131,13 +132,16 @@ async def test_unusable_batch_file_fails_the_batch_once_notifies_and_leaks_nothi
         )
         with pytest.raises(WorkflowFailureError):
             await handle.result()
-    assert await _activity_attempts(handle, "fetch_and_process_batch_memories") == [1], f"{what}: retried"
+    assert await activity_attempts(handle, "fetch_and_process_batch_memories") == [1], f"{what}: retried"
     request = await store.fetch_batch_memory_request_from_parse(
         parse, worker_settings, request_id, with_memories=False
     )
     assert request is not None and request.status == "failed"
     assert request.completed_at is not None
-    assert any("batch file" in e.error for e in request.errors)
+    # The owner reads the failure's type and a safe sentence; the file's name stays in the worker's log.
+    assert [e.error for e in request.errors if e.index == -1] == [
+        "CorruptBatchFile: the stored batch file could not be read"
+    ]
     assert await count_memories(parse, batch_id) == 0
     # The owner hears of the failure.
     [notified] = receiver.requests
@@ -145,22 +149,6 @@ async def test_unusable_batch_file_fails_the_batch_once_notifies_and_leaks_nothi
     assert request.webhook_sent is True
     assert "private diary" not in (await handle.fetch_history()).to_json()
     await store.delete_batch_request(parse, request_id)
-
-
-async def _activity_attempts(handle, activity_type: str | None = None) -> list[int]:
-    """The attempt number of every start of ``activity_type`` (or of any activity) in the history."""
-    history = await handle.fetch_history()
-    scheduled = {
-        e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events
-        if e.HasField("activity_task_scheduled_event_attributes")
-    }
-    return [
-        e.activity_task_started_event_attributes.attempt
-        for e in history.events
-        if e.HasField("activity_task_started_event_attributes")
-        and activity_type in (None, scheduled[e.activity_task_started_event_attributes.scheduled_event_id])
-    ]
 
 
 async def test_store_and_start_chunks_a_batch_past_the_chunk_size_as_the_api_does(

@@ -8,8 +8,6 @@ recording transport standing in for a public receiver, which a local machine can
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import json
 import logging
@@ -22,6 +20,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import httpx
 import pytest
 
+from tests.fixtures.worker_process import wait_until
 from toolkit.validation.webhook_receiver import Reply, WebhookReceiver, running_receiver
 from toolkit.webhooks import (
     SIGNATURE_HEADER,
@@ -41,10 +40,10 @@ from toolkit.webhooks import (
 )
 
 SECRET = "whsec_test_7f3a9c2e"
-# Small enough that the slowest test (a receiver that hangs on every attempt) stays near one second.
-# Quick retries. The timeout is not short: on a loaded 2-core machine a local reply can take over half a
-# second, and a client-side timeout the receiver still answers later would throw the attempt counts off.
-FAST = {"backoff_s": 0.01, "max_backoff_s": 0.05, "timeout_s": 3.0}
+# Quick retries. The timeout only bounds a receiver that hangs: a local reply never takes 30 s, so the
+# exact attempt counts hold however loaded the machine is. The test of a hanging receiver sets a short
+# timeout of its own (there every attempt ends at the timeout, whatever its length).
+FAST = {"backoff_s": 0.01, "max_backoff_s": 0.05, "timeout_s": 30.0}
 
 
 class GuardTransport(httpx.AsyncBaseTransport):
@@ -133,12 +132,31 @@ def test_encode_body_is_compact_deterministic_json() -> None:
 # ---- sign / verify -----------------------------------------------------------------------------------------
 
 
+# Pinned: receivers verify with their own code, so the bytes sent and the MAC over them must never
+# change under them. The body is the payload() above as encode_body writes it; the MAC was computed
+# once outside Python, from the documented scheme (HMAC-SHA256 over "<t>." + the raw body):
+#   printf '%s' "1700000000.$BODY" | openssl dgst -sha256 -hmac whsec_test_7f3a9c2e
+PINNED_BODY = (
+    b'{"event":"batch.completed","batch_id":"batch-123","status":"completed","total":10,'
+    b'"successful":10,"failed":0,"completed_at":"2025-01-02T03:04:05.678Z"}'
+)
+PINNED_HEADER = "t=1700000000,v1=aea8e7e19f79f1e7a522b2f07e65ddde807ab41270ea73e18a8c723d2e1473df"
+
+
 def test_sign_is_hmac_sha256_over_timestamp_dot_raw_body() -> None:
     body = encode_body(payload())
+    assert body == PINNED_BODY
     header = sign(SECRET, body, 1_700_000_000)
-    expected = hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
-    assert header == f"t=1700000000,v1={expected}"
+    assert header == PINNED_HEADER
     assert SECRET not in header
+
+
+def test_verify_accepts_the_pinned_signature_and_only_for_its_exact_bytes() -> None:
+    assert verify_signature(SECRET, PINNED_HEADER, PINNED_BODY, now=1_700_000_000)
+    assert not verify_signature(
+        SECRET, PINNED_HEADER, PINNED_BODY.replace(b":10,", b":11,"), now=1_700_000_000
+    )
+    assert not verify_signature(SECRET + "x", PINNED_HEADER, PINNED_BODY, now=1_700_000_000)
 
 
 def test_verify_accepts_a_fresh_valid_signature_and_rejects_tampering() -> None:
@@ -324,13 +342,19 @@ async def test_a_receiver_that_never_answers_is_given_up_after_max_attempts(
 ) -> None:
     receiver.script("hang", "hang", "hang")
     result = await deliver_webhook(
-        receiver.url(), SECRET, payload(), allow_private=True, max_attempts=3, **FAST
+        receiver.url(), SECRET, payload(), allow_private=True, max_attempts=3, **{**FAST, "timeout_s": 0.2}
     )
 
     assert result.delivered is False
     assert result.attempts == 3
     assert result.status_code is None
     assert result.error is not None and "timed out" in result.error
+
+    # Each attempt was sent before it timed out; the receiver reads it even after the sender gave up.
+    async def all_attempts_arrived() -> bool:
+        return len(receiver.requests) >= 3
+
+    await wait_until(all_attempts_arrived, 30, "the three attempts at the receiver")
     assert len(receiver.requests) == 3
     assert all(seen.signature_valid for seen in receiver.requests)
 

@@ -4,8 +4,9 @@ A submission crosses these modules (each says more in its own docstring):
 
 - :mod:`toolkit.api.body` reads and validates the body as it arrives, and hands a batch bigger than one
   chunk to :mod:`toolkit.api.streamed`, which stores it chunk by chunk;
-- :mod:`toolkit.api.submission` checks (replay, in-flight cap, rollout path, legacy input size, Temporal
+- :mod:`toolkit.api.submission` checks (replay, in-flight slot, rollout path, legacy input size, Temporal
   reachable), stores the batch in Parse and starts its workflow;
+- :mod:`toolkit.api.in_flight` takes, gives back and repairs the in-flight slots (MAX_BATCHES_IN_FLIGHT);
 - :mod:`toolkit.api.idempotency` answers what an ``Idempotency-Key`` already did;
 - :mod:`toolkit.api.start_settling` settles starts Temporal could not confirm, and discards requests
   that will never run;
@@ -19,6 +20,7 @@ from starlette.requests import Request
 
 from toolkit.api.auth import AuthenticatedUser
 from toolkit.api.idempotency import IdempotencyKeys
+from toolkit.api.in_flight import InFlightCap
 from toolkit.api.reads import BatchReader
 from toolkit.api.schemas import BatchAccepted, BatchErrorsPage, BatchRequestIn, BatchStatusOut
 from toolkit.api.start_settling import StartSettler
@@ -39,7 +41,8 @@ class BatchService:
         orphan_after_s = 2 * settings.api_start_timeout_s
         self._settler = StartSettler(parse, temporal, orphan_after_s=orphan_after_s)
         keys = IdempotencyKeys(settings, parse, temporal, orphan_after_s=orphan_after_s)
-        self._submitter = BatchSubmitter(settings, parse, temporal, rollout, keys, self._settler)
+        cap = InFlightCap(settings, parse, temporal, orphan_after_s=orphan_after_s)
+        self._submitter = BatchSubmitter(settings, parse, temporal, rollout, keys, self._settler, cap)
         self._reader = BatchReader(parse)
 
     async def submit(

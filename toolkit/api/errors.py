@@ -72,6 +72,14 @@ class ServiceUnavailable(ApiError):
         super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
 
 
+class StartUnconfirmed(ServiceUnavailable):
+    """503: the batch is stored but Temporal could not say whether its workflow started. The request is
+    kept (and keeps its in-flight slot) until the start is settled (toolkit.api.start_settling)."""
+
+    def __init__(self) -> None:
+        super().__init__(START_UNCONFIRMED)
+
+
 # What a client reads when a backend fails. Generic on purpose: the cause (an address, a port, a
 # backend's own error text) is logged server-side and never sent, so answers map nothing internal.
 STORAGE_UNAVAILABLE = "the batch store is temporarily unavailable; retry later"

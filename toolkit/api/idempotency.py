@@ -16,7 +16,6 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from datetime import UTC, datetime
 
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -24,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from toolkit.api.auth import AuthenticatedUser
 from toolkit.api.errors import WORKFLOWS_UNAVAILABLE, IdempotencyConflict, ServiceUnavailable
 from toolkit.api.failures import start_failure, storage_failure
-from toolkit.api.start_settling import DESCRIBE_TIMEOUT_S, workflow_exists
+from toolkit.api.start_settling import DESCRIBE_TIMEOUT_S, stored_for_s, workflow_exists
 from toolkit.api.temporal_connection import TemporalConnection, TemporalUnavailable
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
@@ -66,14 +65,6 @@ def candidate_batch_ids(user: AuthenticatedUser, key: str | None) -> list[str]:
     return [idempotent_batch_id(user.user_id, key, generation) for generation in range(MAX_KEY_GENERATIONS)]
 
 
-def _age_s(request: BatchMemoryRequest) -> float:
-    """Seconds since the API stored ``request``: by its own clock (batchMetadata), else Parse's createdAt."""
-    stored_at = request.batch_metadata.created_at if request.batch_metadata else request.created_at
-    if stored_at is None:
-        return float("inf")
-    return (datetime.now(UTC) - stored_at).total_seconds()
-
-
 class IdempotencyKeys:
     """Looks up what an Idempotency-Key already did, and which batch id it may use next."""
 
@@ -110,13 +101,13 @@ class IdempotencyKeys:
                 return previous
             if await self._workflow_started(workflow_id_for(previous.batch_id)):
                 return previous
-            if _age_s(previous) <= self._orphan_after_s or previous.object_id is None:
+            if stored_for_s(previous) <= self._orphan_after_s or previous.object_id is None:
                 raise IdempotencyConflict(STILL_STARTING)
             log.warning(
                 "discarding batch request %s (batch %s): never started, stored %.0f s ago",
                 previous.object_id,
                 previous.batch_id,
-                _age_s(previous),
+                stored_for_s(previous),
             )
             try:
                 await store.delete_batch_request(self._parse, previous.object_id)

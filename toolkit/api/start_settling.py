@@ -21,7 +21,7 @@ from toolkit.api.temporal_connection import TemporalConnection, TemporalUnavaila
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.errors import ParseError
-from toolkit.parse.models import BatchError
+from toolkit.parse.models import BatchMemoryRequest
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +57,32 @@ async def workflow_exists(temporal: Client, workflow_id: str) -> bool | None:
     return None if isinstance(run_id, _Unknown) else run_id is not None
 
 
-async def discard_unstarted(parse: ParseClient, request_id: str, reason: str) -> None:
-    """Delete a request that will never run (object and file); failing that, mark it failed.
+def stored_for_s(request: BatchMemoryRequest) -> float:
+    """Seconds since the API stored ``request``: by its own clock (batchMetadata), else Parse's createdAt."""
+    stored_at = request.batch_metadata.created_at if request.batch_metadata else request.created_at
+    if stored_at is None:
+        return float("inf")
+    return (datetime.now(UTC) - stored_at).total_seconds()
 
-    Marked failed, it releases its idempotency key, so a retry with the key can start a new batch.
+
+async def discard_unstarted(
+    parse: ParseClient, request_id: str, reason: str, *, release: bool = True
+) -> None:
+    """Delete a request that will never run (object and files); failing that, retire it (marked failed).
+
+    Either way its in-flight slot is given back, unless ``release=False`` (the caller stores the batch
+    again under the same slot). Retired, it frees its Idempotency-Key and its batch id, so a retry with
+    the key starts a new batch that nothing old shadows.
     """
     try:
-        await store.delete_batch_request(parse, request_id)
+        await store.delete_batch_request(parse, request_id, release=release)
         return
     except ParseError as exc:
-        log.warning("could not delete unstarted batch request %s (%s); marking it failed", request_id, exc)
-    error = BatchError(index=-1, error=reason, timestamp=datetime.now(UTC))
+        log.warning("could not delete unstarted batch request %s (%s); retiring it", request_id, exc)
     try:
-        await store.append_batch_request_errors(parse, request_id, [error])
-        await store.update_batch_request_status(
-            parse, request_id, "failed", extra={"idempotencyKey": {"__op": "Delete"}}
-        )
+        await store.retire_unstarted_request(parse, request_id, reason, release=release)
     except ParseError as exc:
-        log.error("batch request %s left pending: neither deleted nor marked failed (%s)", request_id, exc)
+        log.error("batch request %s left pending: neither deleted nor retired (%s)", request_id, exc)
 
 
 class StartSettler:

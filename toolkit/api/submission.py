@@ -1,8 +1,9 @@
 """Accepting a batch: checks, then store in Parse, then start its workflow.
 
-Order: idempotent replay → in-flight cap (429) → rollout decision → (legacy: input size) → Temporal
-connected → store in Parse → start the workflow. Everything that can refuse the batch (413, 422, 429,
-503) is checked before anything is stored, so a refusal or an outage costs nothing.
+Order: idempotent replay → in-flight slot taken (429) → rollout decision → (legacy: input size) →
+Temporal connected → store in Parse → start the workflow. Everything that can refuse the batch (413,
+422, 429, 503) is checked before anything is stored, so a refusal or an outage costs nothing; the slot
+is given back on every refusal (:class:`~toolkit.api.in_flight.InFlightCap`).
 
 Failure policy (design §4.3, "no orphan stays pending"): when the workflow certainly did not start
 (Temporal refused it, or says it does not exist) the stored request is **deleted together with its
@@ -22,15 +23,15 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from toolkit.api.answers import accepted_from_request, status_url
 from toolkit.api.auth import AuthenticatedUser
 from toolkit.api.errors import (
-    START_UNCONFIRMED,
     WORKFLOWS_UNAVAILABLE,
     IdempotencyConflict,
     PayloadTooLarge,
     ServiceUnavailable,
-    TooManyRequests,
+    StartUnconfirmed,
 )
 from toolkit.api.failures import start_failure, storage_failure, unstorable
 from toolkit.api.idempotency import KEY_EXHAUSTED, STILL_STARTING, IdempotencyKeys, candidate_batch_ids
+from toolkit.api.in_flight import InFlightCap
 from toolkit.api.legacy_limit import LegacyInputTooLarge, ensure_fits_legacy_input
 from toolkit.api.schemas import BatchAccepted, BatchRequestIn
 from toolkit.api.start_settling import StartSettler, discard_unstarted, workflow_exists
@@ -39,6 +40,7 @@ from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.codec import CodecError
 from toolkit.parse.errors import ParseError
+from toolkit.parse.in_flight import SlotHold
 from toolkit.rollout import RolloutReader, Storage
 from toolkit.settings import Settings
 from toolkit.temporal.starter import (
@@ -49,11 +51,10 @@ from toolkit.temporal.starter import (
 
 log = logging.getLogger(__name__)
 
-# Retry-After of a 429 for too many batches in flight: a small batch finishes in seconds.
-IN_FLIGHT_RETRY_AFTER_S = 10
 
-
-def submission_of(user: AuthenticatedUser, batch: BatchRequestIn, key: str | None) -> store.Submission:
+def submission_of(
+    user: AuthenticatedUser, batch: BatchRequestIn, key: str | None, slot_hold: str | None = None
+) -> store.Submission:
     """Who submitted ``batch`` and how to answer them, as the new request stores it."""
     return store.Submission(
         user_id=user.user_id,
@@ -63,6 +64,7 @@ def submission_of(user: AuthenticatedUser, batch: BatchRequestIn, key: str | Non
         webhook_url=batch.webhook_url,
         webhook_secret=batch.webhook_secret,
         idempotency_key=key,
+        slot_hold=slot_hold,
     )
 
 
@@ -77,11 +79,13 @@ class BatchSubmitter:
         rollout: RolloutReader,
         keys: IdempotencyKeys,
         settler: StartSettler,
+        cap: InFlightCap,
     ) -> None:
         self.settings = settings
         self.parse = parse
         self.rollout = rollout
         self.keys = keys
+        self.cap = cap
         self._temporal = temporal
         self._settler = settler
         self._start_timeout_s = settings.api_start_timeout_s
@@ -94,7 +98,13 @@ class BatchSubmitter:
             previous = await self.keys.replayable(user, idempotency_key)
             if previous is not None:
                 return accepted_from_request(previous), True
-        await self.check_in_flight(user)
+        hold = await self.cap.take(user)
+        return await self.cap.holding(hold, self._store_and_start_holding(user, batch, idempotency_key, hold))
+
+    async def _store_and_start_holding(
+        self, user: AuthenticatedUser, batch: BatchRequestIn, idempotency_key: str | None, hold: SlotHold
+    ) -> tuple[BatchAccepted, bool]:
+        """Everything after the slot is taken: the rollout path, the checks left, the store and the start."""
         storage = await self.storage_for(user)
         if storage == "legacy":
             # Before anything is stored: Temporal would refuse the input only after the store.
@@ -106,7 +116,9 @@ class BatchSubmitter:
                 raise unstorable(exc) from None
         temporal = await self.temporal_client()
         for batch_id in candidate_batch_ids(user, idempotency_key):
-            answer = await self._store_and_start(temporal, user, batch, idempotency_key, storage, batch_id)
+            answer = await self._store_and_start(
+                temporal, user, batch, idempotency_key, storage, batch_id, hold
+            )
             if answer is not None:
                 return answer
             # The workflow id of this batch id belongs to an earlier submission with this key that is
@@ -121,28 +133,6 @@ class BatchSubmitter:
             return await self.rollout.storage_for(user.user_id)
         except ParseError as exc:
             raise storage_failure(exc) from exc
-
-    async def check_in_flight(self, user: AuthenticatedUser) -> None:
-        """429 once the user has MAX_BATCHES_IN_FLIGHT batches pending or processing.
-
-        Counted from Parse, so every API process enforces the same cap. Checked before anything is
-        stored; two submits racing past it can exceed it by one each (a soft cap, not a lock). A replay
-        is answered before this check: asking again for a batch already in flight is never refused.
-        """
-        cap = self.settings.max_batches_in_flight
-        if cap <= 0:
-            return
-        try:
-            in_flight = await store.count_in_flight(self.parse, user.user_id)
-        except ParseError as exc:
-            raise storage_failure(exc) from exc
-        if in_flight >= cap:
-            log.info("user %s refused: %d batches in flight (limit %d)", user.user_id, in_flight, cap)
-            raise TooManyRequests(
-                f"too many batches in flight: {in_flight}; the limit is {cap} per user. "
-                "Retry once one of them has finished.",
-                retry_after_s=IN_FLIGHT_RETRY_AFTER_S,
-            )
 
     async def temporal_client(self) -> Client:
         try:
@@ -159,6 +149,7 @@ class BatchSubmitter:
         idempotency_key: str | None,
         storage: Storage,
         batch_id: str,
+        hold: SlotHold,
     ) -> tuple[BatchAccepted, bool] | None:
         """Store the batch as ``batch_id`` and start it; None if that workflow id is taken by a dead batch."""
         try:
@@ -166,7 +157,7 @@ class BatchSubmitter:
                 self.parse,
                 self.settings,
                 batch_id=batch_id,
-                submission=submission_of(user, batch, idempotency_key),
+                submission=submission_of(user, batch, idempotency_key, hold.token),
                 memories=batch.memories,
                 storage=storage,
                 workflow_id=workflow_id_for(batch_id) if storage == "reference" else None,
@@ -223,7 +214,7 @@ class BatchSubmitter:
                     request_id,
                 )
                 self._settler.settle_later(request_id, workflow_id)
-                raise ServiceUnavailable(START_UNCONFIRMED) from exc
+                raise StartUnconfirmed() from exc
             if not exists:
                 await discard_unstarted(self.parse, request_id, f"workflow not started: {type(exc).__name__}")
                 raise start_failure(exc, self.settings) from exc
@@ -273,8 +264,12 @@ class BatchSubmitter:
         Either another submit with this key started it first (answer with that one), or it belongs
         to an earlier submission that is gone (None: the caller moves on to the key's next batch id).
         """
+        # The slot stays with this submission: it moves on to the key's next batch id, or gives it back.
         await discard_unstarted(
-            self.parse, request_id, "duplicate submission: another request with this idempotency key won"
+            self.parse,
+            request_id,
+            "duplicate submission: another request with this idempotency key won",
+            release=False,
         )
         winner = await self.keys.previous(user, key) if key is not None else None
         if winner is None or winner.batch_id != batch_id:

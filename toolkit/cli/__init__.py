@@ -113,6 +113,12 @@ def _scale_out(args: argparse.Namespace, settings: Settings) -> int:
     return scale_out_command(args, settings)
 
 
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    from toolkit.cli.audit import audit_command
+
+    return audit_command(args, settings)
+
+
 def _notebooks(args: argparse.Namespace, settings: Settings) -> int:
     from toolkit.cli.notebooks import notebooks_command
 
@@ -196,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
         "each ratio's median and spread",
     )
     p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
+    p.add_argument(
+        "--writer",
+        action="store_true",
+        help="measure the memory writer alone instead (no Temporal, no API): each size written once per "
+        "--writer-concurrency, straight to Parse, and deleted again",
+    )
+    p.add_argument(
+        "--writer-concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 4],
+        help="with --writer: /parse/batch calls in flight, each compared with the first "
+        "(memories per call: WRITER_BATCH_SIZE)",
+    )
     p.add_argument("--json", action="store_true", help="also print the rows as JSON")
     p.set_defaults(func=_bench)
 
@@ -233,8 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", help="write the pid here once connected (used by the stack)")
     p.set_defaults(func=_worker)
 
+    from toolkit.cli.audit import add_parser as add_audit_parser
     from toolkit.cli.notebooks import add_parser as add_notebooks_parser
 
+    add_audit_parser(sub, _audit)
     add_notebooks_parser(sub, _notebooks)
     return parser
 

@@ -25,7 +25,8 @@ def _print_report(report: CleanupReport) -> None:
     else:
         print(
             f"orphan files in {report.files_dir}: {verb} {len(report.orphans_deleted)}, "
-            f"kept {report.referenced_files_kept} referenced and {report.recent_files_kept} recent"
+            f"kept {report.referenced_files_kept} referenced, {report.recent_files_kept} recent and "
+            f"{report.uploading_files_kept} of uploads in progress"
         )
         for name in report.orphans_deleted:
             print(f"  {name}")

@@ -122,9 +122,7 @@ class ParseClient:
                         headers=headers,
                     )
             except httpx.TransportError as exc:
-                error: ParseError = ParseUnavailable(
-                    f"Parse Server at {self.base_url} unreachable: {type(exc).__name__}: {exc}"
-                )
+                error: ParseError = self._unreachable(exc)
             else:
                 if response.status_code < 400:
                     return response.json() if response.content else None
@@ -137,19 +135,28 @@ class ParseClient:
                 await asyncio.sleep(delay)
         raise error
 
-    async def download(self, url: str) -> bytes:
-        """Fetch a file's bytes by its URL (retried: downloads are idempotent).
+    def _unreachable(self, exc: httpx.TransportError) -> ParseUnavailable:
+        """The error for a transport failure: its message names no address (it may reach users).
 
-        The app id and REST key go only to the Parse origin (scheme, host and port of
-        ``PARSE_SERVER_URL``). A files adapter may hand out URLs on S3 or a CDN, and those hosts
-        must never see Parse's keys: there the file is fetched without any Parse header.
+        The address and the transport's own text go to the log, where an operator reads them.
         """
-        headers = self.headers() if same_origin(httpx.URL(self.base_url), url) else {}
+        log.warning("Parse Server at %s unreachable: %s: %s", self.base_url, type(exc).__name__, exc)
+        return ParseUnavailable(f"Parse Server unreachable ({type(exc).__name__})")
+
+    async def download(self, url: str) -> bytes:
+        """Fetch a file's bytes by its URL, with the master key (retried: downloads are idempotent).
+
+        Batch, chunk and payload files are readable with the master key only (``parse-server/server.js``).
+        The keys go only to the Parse origin (scheme, host and port of ``PARSE_SERVER_URL``). A files
+        adapter may hand out URLs on S3 or a CDN, and those hosts must never see Parse's keys: there the
+        file is fetched without any Parse header (such an adapter protects its files its own way).
+        """
+        headers = self.headers(master=True) if same_origin(httpx.URL(self.base_url), url) else {}
         for attempt in range(len(self._retry_delays_s) + 1):
             try:
                 response = await self._http.get(url, headers=headers)
             except httpx.TransportError as exc:
-                error: ParseError = ParseUnavailable(f"file download failed: {exc}")
+                error: ParseError = self._unreachable(exc)
             else:
                 if response.status_code < 400:
                     return response.content
@@ -222,6 +229,23 @@ class ParseClient:
         """
         retry = auth.pop("retry", False)
         return await self.request("POST", "batch", json_body={"requests": requests}, retry=retry, **auth)
+
+    async def transaction(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """POST /batch as one database transaction (master key): every sub-request lands, or none does.
+
+        A rolled-back transaction raises: Parse answers it with a bare 500 (code 1), whatever the cause
+        (a duplicate objectId, a missing object, the database), so the caller reads back what it needs
+        to tell them apart. Parse also closes the connection after that 500; reused from the pool, the
+        connection would fail the next request. The transaction therefore asks for a connection of its
+        own (``Connection: close``).
+        """
+        body = {"requests": requests, "transaction": True}
+        results = await self.request(
+            "POST", "batch", json_body=body, master=True, extra_headers={"Connection": "close"}
+        )
+        if isinstance(results, dict):  # a failed transaction may also answer with its one error
+            raise error_for(400, results)
+        return results
 
     async def upload_file(self, name: str, data: bytes, content_type: str, **auth: Any) -> dict[str, str]:
         return await self.request("POST", f"files/{name}", content=data, content_type=content_type, **auth)

@@ -12,7 +12,11 @@ Two kinds of files go:
    ``.stack/parse`` and ``filesSubDirectory: batches``). With S3 or another adapter, use the bucket's
    own lifecycle rules instead. An orphan is deleted (through Parse's REST API, master key) only if its
    mtime is older than the cutoff *and* than :data:`ORPHAN_MIN_AGE_S`, so an upload whose create is
-   still in flight is never taken for an orphan.
+   still in flight is never taken for an orphan; and never while its batch's upload is in progress. A
+   chunked batch's files are referenced only once its last byte arrived, and an upload has no time
+   limit (only an idle timeout), so its first chunk files can be hours old while it runs: an upload
+   in progress keeps its in-flight slot's hold touched (:mod:`toolkit.parse.in_flight`), and the files
+   of a batch whose hold was touched within ``HOLD_STALE_AFTER_S`` are kept.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from toolkit.parse import in_flight
 from toolkit.parse._client import ParseClient
-from toolkit.parse.batch_requests import delete_file_if_present
+from toolkit.parse.batch_requests import batch_id_of_file, delete_file_if_present
 from toolkit.parse.errors import ParseError
 from toolkit.parse.models import FINISHED_STATUSES, ParseFile, to_parse_date
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST, TEMPORAL_PAYLOAD
@@ -60,6 +65,7 @@ class CleanupReport:
     orphans_deleted: list[str] = field(default_factory=list)
     referenced_files_kept: int = 0
     recent_files_kept: int = 0
+    uploading_files_kept: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -166,11 +172,16 @@ async def _clean_orphans(
             candidates.append(path.name)
     if not candidates:
         return
-    # Read after listing: a file created and attached in between counts as referenced.
+    # Read after listing: a file created and attached in between counts as referenced, and an upload
+    # that started in between has touched its hold.
     referenced = await _referenced_names(client)
+    uploading = await in_flight.live_upload_batch_ids(client)
     for name in candidates:
         if name in referenced:
             report.referenced_files_kept += 1
+            continue
+        if batch_id_of_file(name) in uploading:
+            report.uploading_files_kept += 1
             continue
         if not report.dry_run:
             try:

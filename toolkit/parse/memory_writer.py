@@ -8,7 +8,11 @@ Both batch paths and the no-Temporal baseline write through :class:`MemoryWriter
   same (batch, index) is refused by Parse with error 137, which the writer counts as success
   (``already_written=True``), so a retried activity or a retried ``/batch`` call never makes a second copy.
   Because every objectId is chosen by the client, a whole ``/batch`` call is safe to resend after a lost
-  response (``ParseUnavailable``).
+  response (``ParseUnavailable``). Only a Memory the writer itself could have written counts: the
+  existing object must be this batch's, at this index, for this owner. Clients cannot create Memory
+  objects (master key only, :mod:`toolkit.parse.schema`), but a deployment migrated from the open
+  permissions may hold one planted earlier; that memory then fails with a clear error instead of
+  being reported written while the batch's content was never stored.
 - **Failures are per memory**: a processor error, a memory the writer refuses, or a per-item Parse error
   fails only that index; a ``/batch`` call that fails after its retries fails only the memories of that
   chunk. :meth:`MemoryWriter.write` never raises for data or Parse errors: the caller decides (partial /
@@ -130,6 +134,10 @@ def _format_item_error(error: Any) -> str:
     if isinstance(error, dict):
         return f"Parse error {error.get('code')}: {error.get('error')}"
     return f"Parse error: {error!r}"
+
+
+# The error of a memory whose deterministic objectId is taken by an object this batch did not write.
+NOT_OURS = "a Memory with this memory's id exists but belongs to another batch or owner; not written"
 
 
 @dataclass
@@ -278,8 +286,9 @@ class MemoryWriter:
             processed = await self.processor(index, item)
         except Exception as exc:  # the hook is pluggable: any failure of it fails this memory only
             log.warning("batch %s memory %d: processor failed: %r", context.batch_id, index, exc)
+            # The user reads the error: its type only; the message (which may name anything) is logged.
             return _Prepared(
-                index, outcome=WriteOutcome(index, False, f"processor failed: {type(exc).__name__}: {exc}")
+                index, outcome=WriteOutcome(index, False, f"processor failed: {type(exc).__name__}")
             )
         try:
             fields = memory_fields(processed)
@@ -326,7 +335,8 @@ class MemoryWriter:
                 group[-1].index,
                 exc,
             )
-            return [WriteOutcome(p.index, False, str(exc)) for p in group]
+            refused = f"the memory store refused the write (Parse error {exc.code or f'HTTP {exc.status}'})"
+            return [WriteOutcome(p.index, False, refused) for p in group]
         if not isinstance(results, list) or len(results) != len(group):
             answered = len(results) if isinstance(results, list) else repr(results)
             error = f"Parse /batch answered {answered} results for {len(group)} requests"
@@ -338,13 +348,22 @@ class MemoryWriter:
             # Found by the fault suite (PostgreSQL killed mid-batch): recorded as per-memory failures these
             # were lost for good. Raise, so the activity retries the chunk (written items then answer 137).
             raise ParseUnavailable(f"Parse could not store memories: {_format_item_error(outage)}")
+        duplicates = [
+            p.index
+            for p, error in zip(group, errors, strict=True)
+            if isinstance(error, dict) and error.get("code") == DUPLICATE_VALUE
+        ]
+        ours = await self._written_by_this_batch(context, duplicates) if duplicates else set()
         outcomes: list[WriteOutcome] = []
         for p, result in zip(group, results, strict=True):
             error = result.get("error") if isinstance(result, dict) else {"error": result}
             if error is None:
                 outcomes.append(WriteOutcome(p.index, True))
-            elif isinstance(error, dict) and error.get("code") == DUPLICATE_VALUE:
+            elif p.index in ours:
                 outcomes.append(WriteOutcome(p.index, True, already_written=True))
+            elif p.index in duplicates:
+                log.error("batch %s memory %d: objectId taken by a foreign object", context.batch_id, p.index)
+                outcomes.append(WriteOutcome(p.index, False, NOT_OURS))
             else:
                 outcomes.append(WriteOutcome(p.index, False, _format_item_error(error)))
         failed = [o for o in outcomes if not o.ok]
@@ -358,6 +377,24 @@ class MemoryWriter:
                 failed[0].error,
             )
         return outcomes
+
+    async def _written_by_this_batch(self, context: WriteContext, indexes: list[int]) -> set[int]:
+        """Which of ``indexes`` already exist as this batch's memory (same batch, index and owner)."""
+        ids = {memory_object_id(context.batch_id, index): index for index in indexes}
+        rows = await self.client.find(
+            MEMORY_CLASS,
+            {"objectId": {"$in": list(ids)}},
+            limit=len(ids),
+            keys="batchId,index,user",
+            master=True,
+        )
+        return {
+            ids[row["objectId"]]
+            for row in rows
+            if row.get("batchId") == context.batch_id
+            and row.get("index") == ids[row["objectId"]]
+            and (row.get("user") or {}).get("objectId") == context.user_id
+        }
 
 
 async def count_memories(client: ParseClient, batch_id: str) -> int:

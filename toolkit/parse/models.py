@@ -315,6 +315,7 @@ _PARSE_FIELDS: dict[str, str] = {
     "idempotency_key": "idempotencyKey",
     "batch_chunk_files": "batchChunkFiles",
     "chunk_progress": "chunkProgress",
+    "slot_hold": "slotHold",
 }
 # Set by Parse itself: read, never written.
 _SERVER_FIELDS: dict[str, str] = {
@@ -372,6 +373,8 @@ class BatchMemoryRequest(BaseModel):
     # progress of each chunk ({"c<k>": {"processed", "ok", "failed"}}), written by its activity.
     batch_chunk_files: list[ParseFile] | None = None
     chunk_progress: dict[str, Any] | None = None
+    # The token of the in-flight slot the batch holds (toolkit.parse.in_flight), given back when it ends.
+    slot_hold: str | None = None
 
     # Not a Parse field: the decoded batch file, filled in after download.
     memories: list[MemoryItem] | None = None

@@ -2,11 +2,19 @@
 
 Idempotent: it reads the live schema and sends only what differs, so a second run changes nothing
 (and reports nothing). Index names carry the class name because on PostgreSQL they are global.
+
+Who may do what, on every class the toolkit owns: create, update and delete need the master key (the
+API and the worker write; a client holding the public app id and REST key and a session token must
+not); a signed-in user may find, get and count, and the object's ACL (owner read, org role read) then
+decides which rows they see. A deployment migrated from the earlier, open permissions keeps the
+owner's write bit in the ACL of its old rows: harmless, because Parse checks the class-level
+permission first and refuses every client write whatever a row's ACL says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from toolkit.parse._client import ParseClient
@@ -20,15 +28,20 @@ def _pointer(target: str) -> dict[str, str]:
     return {"type": "Pointer", "targetClass": target}
 
 
+# A class-level permission granted to nobody: only the master key (which bypasses CLPs) may.
+MASTER_KEY: dict[str, Any] = {}
+
+
 def _private_class_permissions(protected: list[str]) -> dict[str, Any]:
+    """Signed-in users read (their ACL decides which rows); only the master key writes."""
     return {
         "find": AUTHENTICATED,
         "get": AUTHENTICATED,
         "count": AUTHENTICATED,
-        "create": AUTHENTICATED,
-        "update": AUTHENTICATED,
-        "delete": AUTHENTICATED,
-        "addField": {},
+        "create": MASTER_KEY,
+        "update": MASTER_KEY,
+        "delete": MASTER_KEY,
+        "addField": MASTER_KEY,
         # Both entries: a signed-in user matches "*" and "authenticated", and Parse protects the
         # intersection of the lists that apply.
         "protectedFields": {"*": protected, "authenticated": protected},
@@ -39,16 +52,18 @@ BATCH_MEMORY_REQUEST = "BatchMemoryRequest"
 BATCH_MEMORY_ERROR = "BatchMemoryError"
 MEMORY = "Memory"
 TEMPORAL_PAYLOAD = "TemporalPayload"
+BATCH_SLOT = "BatchSlot"
+BATCH_SLOT_HOLD = "BatchSlotHold"
 
 # No client may find, read or change these rows; only the master key (which bypasses CLPs) can.
 MASTER_KEY_ONLY: dict[str, Any] = {
-    "find": {},
-    "get": {},
-    "count": {},
-    "create": {},
-    "update": {},
-    "delete": {},
-    "addField": {},
+    "find": MASTER_KEY,
+    "get": MASTER_KEY,
+    "count": MASTER_KEY,
+    "create": MASTER_KEY,
+    "update": MASTER_KEY,
+    "delete": MASTER_KEY,
+    "addField": MASTER_KEY,
     "protectedFields": {"*": []},
 }
 
@@ -81,6 +96,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "idempotencyKey": {"type": "String"},
             "batchChunkFiles": {"type": "Array"},
             "chunkProgress": {"type": "Object"},
+            # The in-flight slot this batch holds (toolkit.parse.in_flight): given back when it ends.
+            "slotHold": {"type": "String"},
         },
         "indexes": {
             "BatchMemoryRequest_batchId": {"batchId": 1},
@@ -88,6 +105,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "BatchMemoryRequest_user_status": {"user": 1, "status": 1},
             "BatchMemoryRequest_status_createdAt": {"status": 1, "createdAt": 1},
             "BatchMemoryRequest_user_idempotencyKey": {"user": 1, "idempotencyKey": 1},
+            "BatchMemoryRequest_slotHold": {"slotHold": 1},
         },
         "classLevelPermissions": _private_class_permissions(["webhookSecret"]),
     },
@@ -106,12 +124,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "BatchMemoryError_request": {"request": 1},
         },
         # Written by the worker (master key) only: a client may read its own, never forge one.
-        "classLevelPermissions": {
-            **_private_class_permissions([]),
-            "create": {},
-            "update": {},
-            "delete": {},
-        },
+        "classLevelPermissions": _private_class_permissions([]),
     },
     MEMORY: {
         "fields": {
@@ -137,6 +150,28 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "lastUsedAt": {"type": "Date"},
         },
         "indexes": {"TemporalPayload_lastUsedAt": {"lastUsedAt": 1}},
+        "classLevelPermissions": MASTER_KEY_ONLY,
+    },
+    # The in-flight cap (toolkit.parse.in_flight): slot k of a user exists while a batch holds it
+    # (objectId "<userId>-<k>", so Parse itself refuses a second holder), and each hold says which
+    # batch holds which slot and when its holder last said it is alive. Master key only.
+    BATCH_SLOT: {
+        "fields": {
+            "user": _pointer("_User"),
+            "slot": {"type": "Number"},
+            "holder": {"type": "String"},
+        },
+        "indexes": {},
+        "classLevelPermissions": MASTER_KEY_ONLY,
+    },
+    BATCH_SLOT_HOLD: {
+        "fields": {
+            "user": _pointer("_User"),
+            "slot": {"type": "Number"},
+            "batchId": {"type": "String"},
+            "touchedAt": {"type": "Date"},
+        },
+        "indexes": {"BatchSlotHold_user": {"user": 1}, "BatchSlotHold_batchId": {"batchId": 1}},
         "classLevelPermissions": MASTER_KEY_ONLY,
     },
 }
@@ -173,7 +208,33 @@ async def _get_schema(client: ParseClient, class_name: str) -> dict[str, Any] | 
 
 
 def _clp_differs(live: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    return any(live.get(key) != value for key, value in wanted.items())
+    return bool(_clp_changes(live, wanted))
+
+
+def _who(permission: Any) -> str:
+    """A class-level permission in words, for the migration's report."""
+    if permission == MASTER_KEY:
+        return "master key only"
+    if permission == AUTHENTICATED:
+        return "signed-in users"
+    if permission == {"*": True}:
+        return "public"
+    return json.dumps(permission, sort_keys=True)
+
+
+def _clp_changes(live: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """What moving the live class-level permissions to ``wanted`` changes, one entry per operation."""
+    changes = []
+    for operation, value in wanted.items():
+        before = live.get(operation)
+        if before == value:
+            continue
+        if operation == "protectedFields":
+            changes.append(f"protectedFields {json.dumps(value, sort_keys=True)}")
+        else:
+            # A missing entry is Parse's default: public.
+            changes.append(f"{operation} {_who({'*': True} if before is None else before)} -> {_who(value)}")
+    return changes
 
 
 async def _migrate_class(client: ParseClient, class_name: str, spec: dict[str, Any]) -> list[str]:
@@ -194,9 +255,10 @@ async def _migrate_class(client: ParseClient, class_name: str, spec: dict[str, A
     if missing_indexes:
         body["indexes"] = missing_indexes
         changes.append(f"{class_name}: added indexes {', '.join(sorted(missing_indexes))}")
-    if _clp_differs(live.get("classLevelPermissions") or {}, spec["classLevelPermissions"]):
+    clp_changes = _clp_changes(live.get("classLevelPermissions") or {}, spec["classLevelPermissions"])
+    if clp_changes:
         body["classLevelPermissions"] = spec["classLevelPermissions"]
-        changes.append(f"{class_name}: class-level permissions set")
+        changes.append(f"{class_name}: class-level permissions: {'; '.join(clp_changes)}")
     if body:
         await client.request(
             "PUT", f"schemas/{class_name}", json_body={"className": class_name, **body}, master=True

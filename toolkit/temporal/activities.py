@@ -173,6 +173,7 @@ class BatchActivities:
             processed=progress.processed,
             successful=progress.ok,
             failed=progress.failed,
+            slot_hold=request.slot_hold,
         )
         if self.settings.cleanup_policy == "on_completion":
             await store.delete_batch_file(self.parse, reference.request_id)
@@ -303,6 +304,7 @@ class BatchActivities:
             processed=successful + failed,
             successful=successful,
             failed=failed,
+            slot_hold=request.slot_hold,
         )
         if self.settings.cleanup_policy == "on_completion":
             await store.delete_batch_file(self.parse, data.reference.request_id)
@@ -407,6 +409,7 @@ class BatchActivities:
             status="failed",
             completed_at=completed_at,
             processing_duration_ms=int((completed_at - started_at).total_seconds() * 1000),
+            slot_hold=request.slot_hold,
         )
         return BatchSummary(
             request.batch_id, "failed", request.total_memories, request.success_count, request.fail_count
@@ -452,6 +455,7 @@ class BatchActivities:
             processed=data.total,
             successful=data.successful,
             failed=data.failed,
+            slot_hold=request.slot_hold if request else None,
         )
         return BatchSummary(data.reference.batch_id, status, data.total, data.successful, data.failed)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from toolkit.ports import free_port, port_in_use
 from toolkit.settings import Settings
 from toolkit.temporal.activities import BatchActivities
 from toolkit.temporal.client import connect
+from toolkit.temporal.payload_metrics import PayloadMetricsInterceptor, bucket_overrides
 from toolkit.temporal.workflows import ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow
 
 log = logging.getLogger(__name__)
@@ -35,14 +37,20 @@ def build_worker(
         workflows=[ProcessBatchMemoryFromRequestWorkflow, ProcessBatchMemoryWorkflow],
         activities=activities.all(),
         max_concurrent_activities=settings.worker_max_concurrent_activities,
+        # temporal_payload_size_bytes on the worker's /metrics, and a warning once per run past 512 KiB.
+        interceptors=[PayloadMetricsInterceptor()],
         # The SDK otherwise sends heartbeats only every 0.8 x heartbeat_timeout (16 s here), so a retry
         # would resume from a checkpoint that old. One a second keeps the resume point fresh.
         max_heartbeat_throttle_interval=timedelta(seconds=1),
+        # On shutdown, running activities get this long to finish; the SDK then cancels them, and a
+        # cancelled attempt fails as "WorkerShutdown", which Temporal retries at once from the last
+        # heartbeated checkpoint (not after the heartbeat timeout, as for a worker that died).
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),
     )
 
 
 def install_metrics_runtime(settings: Settings) -> str | None:
-    """Export the Temporal SDK's metrics (task latencies, slots, polls, failures) for Prometheus.
+    """Export the Temporal SDK's metrics (task latencies, slots, polls, failures, payload sizes).
 
     With ``WORKER_METRICS_PORT`` set, the SDK's runtime serves them at
     ``http://<BIND_HOST>:<port>/metrics``. It must become the default runtime before the client
@@ -62,7 +70,8 @@ def install_metrics_runtime(settings: Settings) -> str | None:
             port,
         )
     bind = f"{settings.bind_host}:{port}"
-    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=bind)))
+    prometheus = PrometheusConfig(bind_address=bind, histogram_bucket_overrides=bucket_overrides())
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=prometheus))
     Runtime.set_default(runtime, error_if_already_set=True)
     return f"http://{bind}/metrics"
 
@@ -72,10 +81,21 @@ async def run_worker(settings: Settings, *, ready_file: Path | None = None) -> N
     if metrics_url:
         log.info("worker metrics at %s", metrics_url)
     client = await connect(settings)
+    # SIGTERM (a deploy, `toolkit stack down`) and SIGINT stop the worker gracefully: leaving the
+    # `async with` below shuts it down, and the shutdown drains or hands back the running activities.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     async with ParseClient(settings) as parse:
         worker = build_worker(client, settings, parse)
         log.info("worker on %s, task queue %s", settings.temporal_target, settings.temporal_task_queue)
         async with worker:
             if ready_file is not None:
                 ready_file.write_text(f"{os.getpid()}\n")
-            await asyncio.Event().wait()  # until the process is signalled
+            await stop.wait()
+            log.info(
+                "shutting down: no new tasks; running activities get %g s to finish, then are handed back",
+                settings.worker_graceful_shutdown_s,
+            )
+        log.info("worker stopped")

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ShrunkBatchData,
         WebhookOutcome,
     )
+    from toolkit.temporal.failure_text import failure_text
 
 NEW_WORKFLOW = "ProcessBatchMemoryFromRequestWorkflow"
 LEGACY_WORKFLOW = "ProcessBatchMemoryWorkflow"
@@ -66,6 +67,11 @@ FAILURE_RETRY = RetryPolicy(
 )
 # Error text of a memory whose activity gave up after its retries.
 LOST_PREFIX = "activity failed: "
+# The failure texts the owner reads (batch-level error, "not processed: chunk k ..." errors, a legacy
+# memory's lost activity) are a type and a safe sentence (toolkit.temporal.failure_text). Runs that
+# failed before this patch recorded the exception's own message (it could name the Parse address) and
+# replay that way; the text only reaches an activity's input, so no command changes either way.
+SAFE_FAILURE_PATCH = "safe-failure-text-v1"
 
 # The legacy fan-out keeps at most this many per-memory activities in flight.
 LEGACY_WINDOW = 20
@@ -91,7 +97,7 @@ async def _fail_and_notify(reference: BatchReference, error: ActivityError) -> N
     """
     summary: BatchSummary = await workflow.execute_activity(
         "mark_batch_failed",
-        BatchFailure(reference, _describe(error)),
+        BatchFailure(reference, _reason(error)),
         result_type=BatchSummary,
         start_to_close_timeout=STEP_TIMEOUT,
         retry_policy=FAILURE_RETRY,
@@ -99,8 +105,15 @@ async def _fail_and_notify(reference: BatchReference, error: ActivityError) -> N
     await _with_webhook(reference, summary)
 
 
+def _reason(error: ActivityError) -> str:
+    """The text a batch's owner reads for an activity that gave up (see SAFE_FAILURE_PATCH)."""
+    if workflow.patched(SAFE_FAILURE_PATCH):
+        return failure_text(error)
+    return _describe(error)
+
+
 def _describe(error: ActivityError) -> str:
-    # Our activities' messages name ids and counts, never content; the length cap keeps history small.
+    # Before SAFE_FAILURE_PATCH: the cause's own message (names ids and counts, never content).
     cause = error.cause
     kind = getattr(cause, "type", None) or type(cause).__name__
     return f"{kind}: {cause}"[:500] if cause is not None else str(error)[:500]
@@ -151,7 +164,7 @@ class ProcessBatchMemoryFromRequestWorkflow:
                 except ActivityError as error:
                     if workflow.patched(CHUNK_FAILURE_PATCH):
                         # This chunk gave up after its retries: the others go on, the batch is partial.
-                        failures.append(ChunkFailure(chunk_num, _describe(error)))
+                        failures.append(ChunkFailure(chunk_num, _reason(error)))
                         continue
                     for other in pending:
                         other.cancel()
@@ -232,7 +245,7 @@ class ProcessBatchMemoryWorkflow:
                 try:
                     results[index] = task.result()
                 except ActivityError as error:
-                    results[index] = MemoryResult(index, False, f"{LOST_PREFIX}{_describe(error)}")
+                    results[index] = MemoryResult(index, False, f"{LOST_PREFIX}{_reason(error)}")
 
         for idx in range(count):
             if len(pending) >= LEGACY_WINDOW:

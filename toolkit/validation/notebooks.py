@@ -54,6 +54,7 @@ SUMMARY_FILE = "summary.json"
 # the judge computes it needs (capped); 04 goes through every stage; 06 runs the plan's concurrent and
 # large scenarios on both paths itself.
 FULL_PARAMETERS: dict[str, dict[str, Any]] = {
+    "00_payload_audit": {"TOP_N": 10},
     "01_payload_size_metrics": {"SIZES": [10, 100, 1000, 10_000]},
     "02_compression_ratio_analysis": {
         "SIZES": [10, 100, 1000, 10_000],

@@ -98,7 +98,8 @@ def test_path_summary_and_error_rates_by_type() -> None:
     assert summary.loc["legacy", "memories"] == 20
     rates = error_rates(_frame()).set_index(["path", "error_type"])
     assert rates.loc[("reference", "ParseError 142"), ["errors", "rate"]].tolist() == [2, 2 / 300]
-    assert rates.loc[("legacy", "ApplicationError"), "rate"] == 10 / 20 * 0.1  # 1 of 20 memories
+    # One ApplicationError entry over the legacy path's 20 memories (two batches of 10).
+    assert rates.loc[("legacy", "ApplicationError"), "rate"] == 1 / 20
     assert error_rates(_frame().assign(error_types=[[]] * 5)).empty
 
 

@@ -55,6 +55,7 @@ from toolkit.parse.batch_requests._error_log import (
 from toolkit.parse.batch_requests._files import (
     BATCH_FILE_CONTENT_TYPE,
     BatchFileError,
+    batch_id_of_file,
     delete_file_if_present,
 )
 from toolkit.parse.batch_requests._progress import (
@@ -65,15 +66,17 @@ from toolkit.parse.batch_requests._progress import (
 )
 from toolkit.parse.batch_requests._requests import (
     Submission,
-    count_in_flight,
     create_batch_memory_request_in_parse,
     delete_batch_file,
     delete_batch_request,
     fetch_batch_memory_request_from_parse,
     find_batch_request,
     find_by_idempotency_key,
+    find_request_holding,
     mark_webhook_sent,
     record_workflow,
+    release_slot,
+    retire_unstarted_request,
     update_batch_request_completion,
     update_batch_request_status,
 )
@@ -94,9 +97,9 @@ __all__ = [
     "advance_batch_request_progress",
     "advance_chunk_progress",
     "append_batch_request_errors",
+    "batch_id_of_file",
     "chunk_memories",
     "chunk_of",
-    "count_in_flight",
     "create_batch_memory_request_in_parse",
     "create_chunked_batch_memory_request",
     "delete_batch_file",
@@ -108,10 +111,13 @@ __all__ = [
     "find_batch_errors",
     "find_batch_request",
     "find_by_idempotency_key",
+    "find_request_holding",
     "indexes_in_range",
     "mark_webhook_sent",
     "memory_json_estimate",
     "record_workflow",
+    "release_slot",
+    "retire_unstarted_request",
     "set_batch_request_progress",
     "update_batch_request_completion",
     "update_batch_request_progress",

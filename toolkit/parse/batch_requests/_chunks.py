@@ -23,6 +23,7 @@ from toolkit.parse.batch_requests._error_log import append_batch_request_errors
 from toolkit.parse.batch_requests._files import (
     BATCH_FILE_CONTENT_TYPE,
     BatchFileError,
+    chunk_file_name,
     discard_upload,
     file_url,
     first_invalid_field,
@@ -67,10 +68,6 @@ class StoredChunk:
     compressed_size: int
 
 
-def _chunk_file_name(batch_id: str, chunk_num: int) -> str:
-    return f"{batch_id}.chunk{chunk_num:05d}.ndjson.gz"
-
-
 class ChunkUploads:
     """The chunk files of one batch being stored, uploaded while the next chunk fills.
 
@@ -92,7 +89,7 @@ class ChunkUploads:
 
     async def add(self, encoded: EncodedBatch, memory_count: int) -> None:
         await self._settle()
-        name = _chunk_file_name(self._batch_id, len(self.stored))
+        name = chunk_file_name(self._batch_id, len(self.stored))
         self._pending = asyncio.create_task(self._upload(name, encoded, memory_count))
 
     async def _upload(self, name: str, encoded: EncodedBatch, memory_count: int) -> StoredChunk:

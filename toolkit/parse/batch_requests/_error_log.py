@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -36,10 +37,29 @@ _ERRORS_PER_TRANSACTION = 50
 _TRANSACTION_ATTEMPTS = 5
 
 
+# What an error text may not show its reader (the batch's owner, through /status and /errors): URLs, and
+# addresses with a port (an IP, a bracketed IPv6, localhost, or a dotted host name). Every producer of
+# error texts writes safe ones already; this is the last net, for a message that quotes its cause.
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
+_ADDRESS = re.compile(
+    r"(?:\b\d{1,3}(?:\.\d{1,3}){3}\b|\[[0-9a-f:.]+\]|\blocalhost\b|\b[a-z0-9-]+(?:\.[a-z0-9-]+)+)(?::\d{1,5})\b"
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}\b",
+    re.IGNORECASE,
+)
+ADDRESS_PLACEHOLDER = "<address>"
+
+
+def without_addresses(text: str) -> str:
+    """``text`` with every URL and network address replaced by ``<address>``."""
+    return _ADDRESS.sub(ADDRESS_PLACEHOLDER, _URL.sub(ADDRESS_PLACEHOLDER, text))
+
+
 def _error_entry(error: BatchError) -> dict[str, Any]:
     entry = error.to_parse()
-    if len(entry["error"]) > MAX_ERROR_CHARS:
-        entry["error"] = entry["error"][: MAX_ERROR_CHARS - 1] + "…"
+    text = without_addresses(entry["error"])
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 1] + "…"
+    entry["error"] = text
     return entry
 
 
@@ -141,7 +161,6 @@ async def _record_errors(
                     }
                     for object_id in existing
                 ],
-                transaction=False,
             )
         if not new:
             return
@@ -155,7 +174,7 @@ async def _record_errors(
             for body in new
         ]
         try:
-            results = await _batch_or_raise(client, [*creates, increment], transaction=True)
+            results = await client.transaction([*creates, increment])
         except (DuplicateValue, ParseUnavailable):
             # The transaction was rolled back (Parse answers a duplicate inside a transaction with a
             # 500), or its answer was lost. Either way the objects and the count moved together:
@@ -176,16 +195,9 @@ async def _record_errors(
     )
 
 
-async def _batch_or_raise(
-    client: ParseClient, requests: list[dict[str, Any]], *, transaction: bool
-) -> list[dict[str, Any]]:
-    """POST /batch; raise the first sub-request's error as the matching ParseError."""
-    body: dict[str, Any] = {"requests": requests}
-    if transaction:
-        body["transaction"] = True
-    results = await client.request("POST", "batch", json_body=body, master=True)
-    if isinstance(results, dict):  # a transaction that failed answers with the one error
-        raise error_for(400, results)
+async def _batch_or_raise(client: ParseClient, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """POST /batch (not a transaction); raise the first sub-request's error as the matching ParseError."""
+    results = await client.batch(requests, master=True)
     for result in results:
         if "error" in result:
             raise error_for(400, result["error"])

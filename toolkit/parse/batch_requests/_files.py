@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from pydantic import ValidationError
 
@@ -47,6 +48,23 @@ def first_invalid_field(exc: ValidationError) -> str:
 
 def batch_file_name(batch_id: str) -> str:
     return f"{batch_id}.json.gz"
+
+
+def chunk_file_name(batch_id: str, chunk_num: int) -> str:
+    return f"{batch_id}.chunk{chunk_num:05d}.ndjson.gz"
+
+
+# A stored name is the name given (batch_file_name, chunk_file_name) after the random prefix Parse adds
+# ("<32 hex digits>_").
+_STORED_BATCH_FILE = re.compile(
+    r"(?:[0-9a-f]{32}_)?(?P<batch_id>[A-Za-z0-9_-]{1,64})\.(?:chunk\d{5}\.ndjson|json)\.gz"
+)
+
+
+def batch_id_of_file(stored_name: str) -> str | None:
+    """The batch id a stored batch or chunk file was uploaded for; None for any other file."""
+    match = _STORED_BATCH_FILE.fullmatch(stored_name)
+    return match["batch_id"] if match else None
 
 
 def file_url(client: ParseClient, name: str) -> str:

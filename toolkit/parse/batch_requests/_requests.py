@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, get_args
 
+from toolkit.parse import in_flight
 from toolkit.parse._client import ParseClient
 from toolkit.parse.acl import batch_acl
 from toolkit.parse.batch_requests._error_log import delete_error_objects, forget_error_owner
@@ -20,13 +21,15 @@ from toolkit.parse.batch_requests._files import (
     discard_upload,
     download_memories,
 )
-from toolkit.parse.batch_requests._objects import update_request, utc_now, validate_ids
+from toolkit.parse.batch_requests._objects import read_request_fields, update_request, utc_now, validate_ids
 from toolkit.parse.codec import (
     EncodedBatch,
     encode_memories,
 )
 from toolkit.parse.errors import ObjectNotFound, ParseError, ParseUnavailable
 from toolkit.parse.models import (
+    FINISHED_STATUSES,
+    BatchError,
     BatchMemoryRequest,
     BatchMetadata,
     BatchStatus,
@@ -59,6 +62,8 @@ class Submission:
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
     idempotency_key: str | None = None
+    # The in-flight slot taken for this batch (toolkit.parse.in_flight): the request holds it from then on.
+    slot_hold: str | None = None
 
     def __post_init__(self) -> None:
         validate_ids(
@@ -66,6 +71,7 @@ class Submission:
             organization_id=self.organization_id,
             namespace_id=self.namespace_id,
             workspace_id=self.workspace_id,
+            slot_hold=self.slot_hold,
         )
 
 
@@ -204,6 +210,7 @@ def pending_request_body(
         webhook_sent=False,
         idempotency_key=submission.idempotency_key,
         workflow_id=workflow_id,
+        slot_hold=submission.slot_hold,
     )
     return {**request.to_parse(), "ACL": batch_acl(submission.user_id, submission.organization_id)}
 
@@ -255,14 +262,21 @@ async def find_batch_request(
     return BatchMemoryRequest.from_parse(rows[0]) if rows else None
 
 
-async def count_in_flight(client: ParseClient, user_id: str) -> int:
-    """How many of the user's requests are ``pending`` or ``processing`` (index user+status)."""
-    validate_object_id(user_id)
-    where = {
-        "user": {"__type": "Pointer", "className": "_User", "objectId": user_id},
-        "status": {"$in": ["pending", "processing"]},
-    }
-    return await client.count(BATCH_MEMORY_REQUEST, where, master=True)
+async def find_request_holding(client: ParseClient, slot_hold: str) -> BatchMemoryRequest | None:
+    """The request that holds the in-flight slot ``slot_hold``, if one was created (master key)."""
+    rows = await client.find(BATCH_MEMORY_REQUEST, {"slotHold": slot_hold}, limit=1, master=True)
+    return BatchMemoryRequest.from_parse(rows[0]) if rows else None
+
+
+async def release_slot(client: ParseClient, slot_hold: str | None) -> None:
+    """Give back the in-flight slot of an ended batch. A failure is logged, not raised: the slot is
+    freed by the repair that runs when its user reaches the cap (toolkit.api.in_flight)."""
+    if slot_hold is None:
+        return
+    try:
+        await in_flight.release(client, slot_hold)
+    except ParseError as exc:
+        log.warning("in-flight slot %s not given back (%s); the cap's repair will free it", slot_hold, exc)
 
 
 async def find_by_idempotency_key(client: ParseClient, user_id: str, key: str) -> BatchMemoryRequest | None:
@@ -308,9 +322,18 @@ async def update_batch_request_completion(
     processed: int | None = None,
     successful: int | None = None,
     failed: int | None = None,
+    slot_hold: str | None = None,
 ) -> None:
-    """Finish the request: final status, completion time, duration, and the final counters if given."""
+    """Finish the request: final status, completion time, duration, and the final counters if given.
+
+    Then the batch's in-flight slot (``slot_hold``) is given back: the batch no longer counts against
+    its owner's cap.
+    """
     _check_status(status)
+    if status not in FINISHED_STATUSES:
+        raise ValueError(
+            f"a finished batch has status {', '.join(sorted(FINISHED_STATUSES))}, not {status!r}"
+        )
     body: dict[str, Any] = {
         "status": status,
         "completedAt": to_parse_date(completed_at),
@@ -320,22 +343,25 @@ async def update_batch_request_completion(
         if value is not None:
             body[name] = value
     await update_request(client, request_id, body)
+    await release_slot(client, slot_hold)
 
 
 async def mark_webhook_sent(client: ParseClient, request_id: str) -> None:
     await update_request(client, request_id, {"webhookSent": True})
 
 
-async def _stored_files(client: ParseClient, request_id: str) -> tuple[bool, list[ParseFile]]:
-    """(exists, files) of a request, read with the master key: its batch file or its chunk files."""
+async def _stored_files(
+    client: ParseClient, request_id: str
+) -> tuple[dict[str, Any] | None, list[ParseFile]]:
+    """(the raw request or None, its files), read with the master key: its batch file or chunk files."""
     validate_object_id(request_id)
     try:
         data = await client.get_object(BATCH_MEMORY_REQUEST, request_id, master=True)
     except ObjectNotFound:
-        return False, []
+        return None, []
     raw = [data["batchDataFile"]] if data.get("batchDataFile") else []
     raw += data.get("batchChunkFiles") or []
-    return True, [ParseFile.model_validate(file) for file in raw]
+    return data, [ParseFile.model_validate(file) for file in raw]
 
 
 async def delete_batch_file(client: ParseClient, request_id: str) -> bool:
@@ -344,8 +370,8 @@ async def delete_batch_file(client: ParseClient, request_id: str) -> bool:
     The files go first: if unsetting the field then fails, a rerun finds them gone and only
     unsets, and a finished request with a dangling reference still reads fine.
     """
-    exists, files = await _stored_files(client, request_id)
-    if not exists or not files:
+    stored, files = await _stored_files(client, request_id)
+    if stored is None or not files:
         return False
     deleted = [await delete_file_if_present(client, file) for file in files]
     await update_request(
@@ -354,10 +380,11 @@ async def delete_batch_file(client: ParseClient, request_id: str) -> bool:
     return any(deleted)
 
 
-async def delete_batch_request(client: ParseClient, request_id: str) -> None:
-    """Delete the request and its files. A request that does not exist is not an error."""
-    exists, files = await _stored_files(client, request_id)
-    if not exists:
+async def delete_batch_request(client: ParseClient, request_id: str, *, release: bool = True) -> None:
+    """Delete the request and its files, and give its in-flight slot back (unless ``release=False``: the
+    caller stores the same batch again under the slot). A request that does not exist is not an error."""
+    stored, files = await _stored_files(client, request_id)
+    if stored is None:
         return
     for file in files:
         await delete_file_if_present(client, file)
@@ -367,3 +394,32 @@ async def delete_batch_request(client: ParseClient, request_id: str) -> None:
     except ObjectNotFound:
         pass
     forget_error_owner(request_id)
+    if release:
+        await release_slot(client, stored.get("slotHold"))
+
+
+async def retire_unstarted_request(
+    client: ParseClient, request_id: str, reason: str, *, release: bool = True
+) -> None:
+    """Mark a request that will never run ``failed``, when deleting it failed: it keeps nothing of its batch.
+
+    It frees its Idempotency-Key, and its batch id too: a retry with the key stores the same batch id
+    again, and a request still claiming that id would answer ``/status`` and ``/errors`` for the new
+    batch (``find_batch_request`` takes the oldest). It is renamed ``discarded-<objectId>``, a name no
+    batch id can have. ``reason`` stays on the row for an operator; no error object is written (those
+    are keyed by batch id). Its slot is given back unless ``release=False``.
+    """
+    validate_object_id(request_id)
+    now = utc_now()
+    body = {
+        "status": "failed",
+        "completedAt": to_parse_date(now),
+        "batchId": f"discarded-{request_id}",
+        "requestId": f"discarded-{request_id}",
+        "idempotencyKey": {"__op": "Delete"},
+        "errors": [BatchError(index=-1, error=reason, timestamp=now).to_parse()],
+    }
+    stored = await read_request_fields(client, request_id, "slotHold")
+    await update_request(client, request_id, body)
+    if release and stored is not None:
+        await release_slot(client, stored.get("slotHold"))

@@ -18,7 +18,7 @@ from temporalio.client import Client
 
 from toolkit.parse import ParseClient
 from toolkit.parse.codec import EncodedBatch, encode_memories
-from toolkit.parse.memory_writer import MemoryWriter, WriteContext
+from toolkit.parse.memory_writer import MemoryWriter, WriteContext, delete_memories
 from toolkit.parse.models import MemoryItem
 from toolkit.parse.users import ParseUser, sign_up
 from toolkit.settings import Settings
@@ -203,6 +203,81 @@ def format_ratio_summary(summary: RatioSummary) -> str:
     return (
         f"{summary.workload:<9} {summary.memories:>6} {summary.path:<9} ÷ baseline: median "
         f"{summary.median:.2f}x (lowest {summary.low:.2f}x, highest {summary.high:.2f}x, {summary.runs} runs)"
+    )
+
+
+@dataclass(frozen=True)
+class WriterRow:
+    """The memory writer alone (no Temporal, no API) writing one batch at one concurrency."""
+
+    workload: str
+    memories: int
+    batch_size: int  # memories per /parse/batch call
+    concurrency: int  # calls in flight
+    seconds: float
+    memories_per_s: float
+    vs_first: float  # throughput / that of the run's first concurrency, measured in the same run
+    first_concurrency: int
+    written: int  # memories the writer reported written
+    batch_id: str  # where they were written (deleted again after the row)
+
+
+async def run_writer_bench(
+    settings: Settings,
+    *,
+    memories: int = 1000,
+    workload: str = "chitchat",
+    concurrencies: Sequence[int] = (1, 4),
+    batch_size: int | None = None,
+    echo=print,
+) -> list[WriterRow]:
+    """Write the same ``memories`` once per concurrency, straight to Parse; one row per concurrency.
+
+    The batch size is the worker's (``WRITER_BATCH_SIZE``) unless given. Each batch is deleted after
+    its row, so every row writes the same fresh objects. Ratios are to the first concurrency.
+    """
+    if not 1 <= memories <= MAX_SIZE:
+        raise ValueError(f"writer bench memories must be 1..{MAX_SIZE:,}, got {memories:,}")
+    if not concurrencies or any(c < 1 for c in concurrencies):
+        raise ValueError(f"writer bench concurrencies must be >= 1, got {list(concurrencies)}")
+    size = batch_size or settings.writer_batch_size
+    items = [(i, MemoryItem.model_validate(m)) for i, m in enumerate(make_memories(workload, memories))]
+    rows: list[WriterRow] = []
+    async with ParseClient(settings) as parse:
+        user = await sign_up(parse)
+        for concurrency in concurrencies:
+            writer = MemoryWriter(parse, batch_size=size, concurrency=concurrency)
+            context = WriteContext(batch_id=f"writer-bench-{uuid.uuid4().hex}", user_id=user.object_id)
+            started = time.perf_counter()
+            outcomes = await writer.write(context, items)
+            seconds = time.perf_counter() - started
+            await delete_memories(parse, context.batch_id)
+            rate = memories / seconds
+            first = rows[0] if rows else None
+            rows.append(
+                WriterRow(
+                    workload=workload,
+                    memories=memories,
+                    batch_size=size,
+                    concurrency=concurrency,
+                    seconds=seconds,
+                    memories_per_s=rate,
+                    vs_first=rate / first.memories_per_s if first else 1.0,
+                    first_concurrency=first.concurrency if first else concurrency,
+                    written=sum(1 for o in outcomes if o.ok),
+                    batch_id=context.batch_id,
+                )
+            )
+            echo(format_writer_row(rows[-1]))
+    return rows
+
+
+def format_writer_row(row: WriterRow) -> str:
+    missing = "" if row.written == row.memories else f"  ({row.memories - row.written:,} NOT WRITTEN)"
+    return (
+        f"writer {row.workload:<9} {row.memories:>6} memories, {row.batch_size} per call, "
+        f"concurrency {row.concurrency:>2}: {row.memories_per_s:>7.0f} mem/s "
+        f"{row.vs_first:>5.2f}x concurrency {row.first_concurrency}{missing}"
     )
 
 
