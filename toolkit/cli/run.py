@@ -9,7 +9,7 @@
 The notebooks are the measurement: 01 sweeps both paths against the direct-write baseline (the bench),
 02 the codecs, 03 a canary through the real API with as many batches as the judge needs, 04 the rollout
 runbook through every stage, 05 the monitoring views, 06 the plan's concurrent and large load scenarios
-on both paths. About 8 minutes on a 2-core machine (README, "Commands").
+on both paths. 4-8 minutes on a 2-core machine (README, "Commands").
 """
 
 from __future__ import annotations
