@@ -107,6 +107,9 @@ class Settings:
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 10.0
     worker_max_concurrent_activities: int = 50
+    # How long an activity waits out one outage of Parse (unreachable, 5xx, its database down) before
+    # its batch gives up on it: as long as an operator would wait, hours, not minutes (issue 17).
+    outage_retry_s: float = 6 * 3600.0
     # On SIGTERM/SIGINT a worker stops taking tasks and gives its running activities this long to
     # finish; then it cancels them and Temporal retries them elsewhere from their last checkpoint. Keep
     # it a few seconds under the orchestrator's own grace period (Kubernetes: 30 s by default).

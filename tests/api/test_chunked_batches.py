@@ -267,7 +267,7 @@ def _invalid_at_8(index: int) -> dict[str, Any]:
 
 # Refused bodies that passed the first chunk (5 memories), so chunk files were uploaded already.
 REFUSED = [
-    ("malformed after two chunks", dict(count=11, tail=b",{oops"), 422, ["body", None]),
+    ("malformed after two chunks", dict(count=11, tail=b",{oops"), 422, ["body", "memories", 11]),
     ("body ends inside the list", dict(count=11, tail=b""), 422, ["body", None]),
     ("invalid memory 8", dict(count=11, make=_invalid_at_8), 422, ["body", "memories", 8, "content"]),
     ("too many memories", dict(count=20), 413, "too many memories: 20; the limit is 12 per batch"),

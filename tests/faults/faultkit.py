@@ -46,6 +46,10 @@ SETTLE_TIMEOUT_S = 300.0
 SEED = int(os.environ.get("FAULT_SEED", str(random.SystemRandom().randrange(1 << 30))))
 # The soak variant repeats the random worker kills this many times (README, "Fault suite").
 SOAK_TRIALS = int(os.environ.get("FAULT_SOAK_TRIALS", "0"))
+# The soak's long outage: Parse down this long in the middle of a chunked batch of this many memories
+# (more than the ~8 minutes a chunk activity's retries used to last).
+LONG_OUTAGE_S = float(os.environ.get("FAULT_LONG_OUTAGE_S", "660"))
+LONG_OUTAGE_MEMORIES = int(os.environ.get("FAULT_LONG_OUTAGE_MEMORIES", "12000"))
 
 # What the stack's own processes get on top of the stack's settings: small writer chunks so a batch
 # is still running when a part is killed, and webhook retries that outlast a receiver outage.
@@ -364,6 +368,22 @@ async def memories_written(parse: ParseClient, batch: Batch) -> int:
     return await parse.count(MEMORY_CLASS, {"batchId": batch.batch_id}, master=True)
 
 
+async def retried_activities(temporal: Client, batch: Batch) -> list[tuple[str, int]]:
+    """The batch's activities that took more than one attempt: (type, attempt). An outage spends none."""
+    events = (await temporal.get_workflow_handle(batch.workflow_id).fetch_history()).events
+    types = {
+        e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    }
+    started = [
+        e.activity_task_started_event_attributes
+        for e in events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    return [(types[a.scheduled_event_id], a.attempt) for a in started if a.attempt > 1]
+
+
 async def settle_and_check(
     batches: list[Batch],
     *,
@@ -426,14 +446,15 @@ async def assert_no_orphan_files(parse: ParseClient, settings: Settings) -> None
     while True:
         rows = await parse.find(
             "BatchMemoryRequest",
-            {"batchDataFile": {"$exists": True}},
-            keys="batchDataFile",
+            {"$or": [{"batchDataFile": {"$exists": True}}, {"batchChunkFiles": {"$exists": True}}]},
+            keys="batchDataFile,batchChunkFiles",
             limit=1000,
             skip=skip,
             order="objectId",
             master=True,
         )
         referenced.update(row["batchDataFile"]["name"] for row in rows if row.get("batchDataFile"))
+        referenced.update(file["name"] for row in rows for file in row.get("batchChunkFiles") or [])
         if len(rows) < 1000:
             break
         skip += len(rows)

@@ -6,7 +6,8 @@ After each fault every batch must reach a final status with exactly its number o
 (canary 50 %), so both workflows meet the faults where their design allows (see each test).
 
 The kill points are random; the seed is printed (``FAULT_SEED=<n>`` repeats a run), and
-``FAULT_SOAK_TRIALS=<n>`` adds a soak: n more rounds of random faults (README, "Fault suite").
+``FAULT_SOAK_TRIALS=<n>`` adds a soak: n more rounds of random faults, and Parse down for
+``FAULT_LONG_OUTAGE_S`` (11 minutes) in the middle of a chunked batch (README, "Fault suite").
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ import random
 
 import pytest
 from faultkit import (
+    LONG_OUTAGE_MEMORIES,
+    LONG_OUTAGE_S,
     SEED,
+    SETTLE_TIMEOUT_S,
     SOAK_TRIALS,
     Batch,
     Trial,
     log,
     memories_written,
+    retried_activities,
     wait_until,
 )
 
@@ -73,6 +78,8 @@ async def test_parse_killed_mid_batch_and_down_for_30s(trial: Trial) -> None:
     await asyncio.sleep(30)
     await trial.stack.start_async("parse")
     await trial.settle_and_check([reference, legacy])
+    # The outage spent none of the reference run's retries (issue 17: it used to spend ~6 of 20).
+    assert await retried_activities(trial.temporal, reference) == []
 
 
 async def test_temporal_killed_mid_batch_and_down_for_10s(trial: Trial) -> None:
@@ -159,3 +166,26 @@ if SOAK_TRIALS:
                 await trial.stack.start_async(fault)
             log(f"soak {round_ + 1}/{SOAK_TRIALS}: {fault}")
             await trial.settle_and_check(batches)
+
+    @pytest.mark.timeout(LONG_OUTAGE_S + 3 * SETTLE_TIMEOUT_S)
+    async def test_soak_parse_down_for_long_mid_chunked_batch(trial: Trial) -> None:
+        """Parse killed in the middle of a chunked batch and kept down past the old retry budget (issue 17).
+
+        Chunk activities used to give up after ~8 minutes of retries and leave the memories they had not
+        reached "not processed"; the batch must instead end ``completed`` with every memory written once.
+        """
+        batch = await trial.api.submit(
+            trial.users.reference, LONG_OUTAGE_MEMORIES, "long-outage", expect="reference"
+        )
+        written = await _mid_batch(trial.parse, batch)
+        trial.stack.kill("parse")
+        log(f"long outage: parse killed with {written}/{batch.total} written; down {LONG_OUTAGE_S:.0f} s")
+        await asyncio.sleep(LONG_OUTAGE_S)
+        await trial.stack.start_async("parse")
+        await trial.settle_and_check([batch])
+        status = await trial.api.status(batch)
+        log(
+            f"long outage: {status['status']}, {status['successful']}/{status['total_memories']} written, "
+            f"{status['failed']} failed, {written} of them before the outage"
+        )
+        assert await retried_activities(trial.temporal, batch) == []

@@ -8,7 +8,6 @@ then read the run directory it recorded.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from toolkit.rollout import read_flags
 from toolkit.settings import REPO_ROOT, Settings
 from toolkit.validation.load import record as load_record
 from toolkit.validation.load import report as load_report
+from toolkit.validation.notebooks import read_summary
 from toolkit.validation.workloads import synthetic_memories
 
 pytestmark = pytest.mark.stack
@@ -185,32 +185,35 @@ def test_a_bad_option_stops_locust_before_anything_runs(tmp_path: Path, load_env
     assert done.run_dir is None and not any(tmp_path.iterdir())
 
 
-def test_report_notebook_runs_under_nbval(
+def test_report_notebook_reads_a_recorded_run(
     concurrent_run: tuple[load_report.LoadRun, object, object], tmp_path: Path, stack_environ: dict[str, str]
 ) -> None:
-    # A root holding only the concurrent run: the notebook's default is the latest run there.
+    # A root holding only the concurrent run: with MAKE_RUNS=False the notebook reports the latest recorded
+    # run of each scenario and path (its default, making the runs itself, is what nbval runs in make test).
     loaded = concurrent_run[0]
-    shutil.copytree(loaded.path, tmp_path / loaded.path.name)
+    root = tmp_path / "load"
+    shutil.copytree(loaded.path, root / loaded.path.name)
+    executed = tmp_path / "06.ipynb"
     done = subprocess.run(
         [
             sys.executable,
             "-m",
-            "pytest",
-            "--nbval-lax",
-            "--nbval-current-env",
-            "-p",
-            "no:cacheprovider",
-            "-q",
+            "papermill",
             str(REPO_ROOT / "notebooks" / "06_load_test_report.ipynb"),
+            str(executed),
+            "-k",
+            "python3",
+            "-y",
+            "{MAKE_RUNS: false, SCENARIOS: [concurrent], PATHS: [reference]}",
         ],
-        env={**stack_environ, "LOAD_REPORT_ROOT": str(tmp_path)},
+        env={**stack_environ, "LOAD_REPORT_ROOT": str(root)},
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert re.search(r"\b\d+ passed\b", done.stdout) and "failed" not in done.stdout, done.stdout[-2000:]
-    # It reported the run it was given: with no run under its root it would have made a short run of
-    # its own there (SHORT_RUN_IF_NONE), and that run would be a second folder.
-    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [loaded.path.name]
+    summary = read_summary(executed)
+    assert [run["run_dir"] for run in summary["load_runs"]] == [loaded.path.name]
+    assert summary["load_runs"][0]["completed"] == len(loaded.batches) == 3
+    assert (root / loaded.path.name).is_dir()

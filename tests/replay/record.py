@@ -117,8 +117,12 @@ class Recorder:
             webhook_secret=WEBHOOK_SECRET if webhook else None,
         )
 
-    async def completed(self, count: int, *, legacy: bool = False, webhook: bool = True) -> WorkflowHandle:
-        settings = self.queue_settings()
+    async def completed(
+        self, count: int, *, legacy: bool = False, webhook: bool = True, chunk_memories: int | None = None
+    ) -> WorkflowHandle:
+        """A batch that completes; ``chunk_memories`` stores it as chunks of that many memories."""
+        chunking = {"batch_chunk_memories": chunk_memories} if chunk_memories else {}
+        settings = self.queue_settings(**chunking)
         async with self.worker(settings):
             batch = await self.submit(settings, _synthetic(count), legacy=legacy, webhook=webhook)
             summary = await asyncio.wait_for(batch.result(), timeout=300)
@@ -234,7 +238,7 @@ async def _events_at_least(handle: WorkflowHandle, count: int) -> bool:
 async def _checkpoint_at_least(handle: WorkflowHandle, index: int) -> bool:
     for pending in (await handle.describe()).raw_description.pending_activities:
         if pending.heartbeat_details.payloads:
-            return json.loads(pending.heartbeat_details.payloads[0].data)["next"] >= index
+            return json.loads(pending.heartbeat_details.payloads[0].data).get("next", -1) >= index
     return False
 
 
@@ -258,6 +262,16 @@ def scenarios() -> list[Scenario]:
             "reference-workflow-failed", "batch file gone: workflow fails", lambda r: r.workflow_failure()
         ),
         Scenario("reference-running", "recorded while processing", in_flight(2000, False, 5)),
+        Scenario(
+            "reference-chunked-300",
+            "300 memories in 3 chunk files, webhook (finalize and webhook heartbeat: outage-retry-v1)",
+            lambda r: r.completed(300, chunk_memories=100),
+        ),
+        Scenario(
+            "reference-workflow-failed-v2",
+            "batch file gone: workflow fails (marking it failed heartbeats: outage-retry-v1)",
+            lambda r: r.workflow_failure(),
+        ),
         Scenario("legacy-1", "one memory, webhook", lambda r: r.completed(1, legacy=True)),
         Scenario(
             "legacy-10-no-webhook",

@@ -53,6 +53,14 @@ REFERENCE_PAYLOAD_KEYS = {
     "skipped_reason",
     "reference",
     "reason",
+    # Chunked batches (a plan, one reference per chunk, the failed chunks) and patch markers.
+    "total_chunks",
+    "chunk_window",
+    "webhook_configured",
+    "chunk_num",
+    "failed_chunks",
+    "id",
+    "deprecated",
 }
 
 

@@ -87,7 +87,7 @@ async def test_killed_worker_mid_chunked_batch_loses_and_duplicates_nothing(
     async def chunk_checkpoints() -> list[int]:
         description = await handle.describe()
         return [
-            json.loads(pending.heartbeat_details.payloads[0].data)["next"]
+            json.loads(pending.heartbeat_details.payloads[0].data).get("next", 0)
             for pending in description.raw_description.pending_activities
             if pending.heartbeat_details.payloads
         ]

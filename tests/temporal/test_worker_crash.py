@@ -40,7 +40,7 @@ async def test_killed_worker_resumes_from_checkpoint_without_loss_or_duplicates(
         description = await batch.handle.describe()
         for pending in description.raw_description.pending_activities:
             if pending.heartbeat_details.payloads:
-                return json.loads(pending.heartbeat_details.payloads[0].data)["next"]
+                return json.loads(pending.heartbeat_details.payloads[0].data).get("next", 0)
         return 0
 
     async def checkpoint_past_200() -> bool:

@@ -1,4 +1,8 @@
-"""The canary judge on known distributions: each case names the class or verdict it must produce."""
+"""The canary judge on known distributions: each case names the class or verdict it must produce.
+
+A window must be large enough for the judge to have caught a regression at each tolerance (40 batches
+of 50 memories per path is, for these distributions); smaller ones are ``not enough data`` on purpose.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,15 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import mannwhitneyu
 
 from toolkit.validation.canary import (
+    DEFAULT_METRICS,
     CanaryConfig,
     InvalidCanaryConfig,
     MetricSpec,
     classify,
+    is_infrastructure_error,
     judge,
     metric_samples,
     newcombe_interval,
@@ -22,6 +29,7 @@ from toolkit.validation.canary import (
 from toolkit.validation.metrics import BATCH_COLUMNS
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+DECIDABLE = 40  # batches per path that let the judge see a regression at every default tolerance here
 LATENCY = MetricSpec("end_to_end_ms", "increase", "ratio", 0.25, 25)
 
 
@@ -32,7 +40,7 @@ def batches(
     seed: int,
     e2e_median: float = 2000.0,
     history: float = 5000.0,
-    total: int = 20,
+    total: int = 50,
     failed: int = 0,
     status: str = "completed",
     error_types: list[str] | None = None,
@@ -149,12 +157,13 @@ def test_newcombe_interval_known_examples(s1: int, n1: int, s2: int, n2: int, ex
 def test_better_canary_passes_with_full_score() -> None:
     """Same latency, history 50x smaller (an improvement, so 'low' does not fail)."""
     data = window(
-        batches("reference", 12, seed=10, history=6000),
-        batches("legacy", 12, seed=11, history=300_000),
+        batches("reference", DECIDABLE, seed=10, history=6000),
+        batches("legacy", DECIDABLE, seed=11, history=300_000),
     )
     verdict = judge(data, until=NOW)
     metrics = verdict.metrics.set_index("metric")
     assert metrics.loc["history_bytes", "class"] == "low"
+    assert metrics["detectable"].all() and verdict.batches_needed is None
     assert not metrics["failed"].any()
     assert verdict.score == 100.0
     assert verdict.verdict == "pass", verdict.reasons
@@ -165,8 +174,8 @@ def test_better_canary_passes_with_full_score() -> None:
 def test_slower_canary_is_marginal_then_fail_with_stricter_thresholds() -> None:
     """Twice as slow: latency (25) and throughput (15) fail -> score 60."""
     data = window(
-        batches("reference", 15, seed=20, e2e_median=4000, history=6000),
-        batches("legacy", 15, seed=21, e2e_median=2000, history=300_000),
+        batches("reference", DECIDABLE, seed=20, e2e_median=4000, history=6000),
+        batches("legacy", DECIDABLE, seed=21, e2e_median=2000, history=300_000),
     )
     verdict = judge(data, until=NOW)
     failed = set(verdict.metrics.loc[verdict.metrics["failed"], "metric"])
@@ -179,8 +188,8 @@ def test_slower_canary_is_marginal_then_fail_with_stricter_thresholds() -> None:
 
 def test_lower_success_fails_critical_metric_and_hard_gate() -> None:
     data = window(
-        batches("reference", 10, seed=30, failed=4, status="partial", history=6000),
-        batches("legacy", 10, seed=31, history=300_000),
+        batches("reference", 10, seed=30, total=20, failed=4, status="partial", history=6000),
+        batches("legacy", 10, seed=31, total=20, history=300_000),
     )
     verdict = judge(data, until=NOW)
     assert verdict.verdict == "fail"
@@ -207,7 +216,9 @@ def test_unfinished_old_canary_batch_is_a_timeout() -> None:
     stuck = batches("reference", 1, seed=50, status="processing", history=3000)
     stuck["created_at"] = pd.Timestamp(NOW - timedelta(hours=1))
     data = window(
-        batches("reference", 10, seed=51, history=6000), stuck, batches("legacy", 10, seed=52, history=3e5)
+        batches("reference", DECIDABLE, seed=51, history=6000),
+        stuck,
+        batches("legacy", DECIDABLE, seed=52, history=3e5),
     )
     verdict = judge(data, CanaryConfig(batch_timeout_s=600), until=NOW)
     gates = verdict.gates.set_index("gate")
@@ -217,18 +228,56 @@ def test_unfinished_old_canary_batch_is_a_timeout() -> None:
     assert judge(data, CanaryConfig(batch_timeout_s=7200), until=NOW).verdict == "pass"
 
 
-def test_parse_error_on_canary_fails_the_gate() -> None:
-    canary = batches("reference", 10, seed=60, history=6000)
-    canary.at[3, "error_types"] = ["Parse error 142"]
-    verdict = judge(window(canary, batches("legacy", 10, seed=61, history=3e5)), until=NOW)
+def test_parse_infrastructure_error_on_canary_fails_the_gate() -> None:
+    canary = batches("reference", DECIDABLE, seed=60, history=6000)
+    canary.at[3, "error_types"] = ["Parse HTTP 503"]
+    verdict = judge(window(canary, batches("legacy", DECIDABLE, seed=61, history=3e5)), until=NOW)
     gates = verdict.gates.set_index("gate")
-    assert not gates.loc["no Parse errors", "passed"]
-    assert "1 Parse errors" in gates.loc["no Parse errors", "detail"]
+    assert not gates.loc["no Parse infrastructure errors", "passed"]
+    assert "1 Parse infrastructure errors" in gates.loc["no Parse infrastructure errors", "detail"]
     assert verdict.verdict == "fail"
 
 
+def test_data_errors_present_on_both_paths_do_not_fail_the_gate() -> None:
+    """Parse refusing a metadata key with a dot (error 121) is the user's data, the same on either path:
+    one such memory on each path is not an infrastructure failure (this failed the gate before)."""
+    canary = batches("reference", DECIDABLE, seed=62, history=6000)
+    baseline = batches("legacy", DECIDABLE, seed=63, history=3e5)
+    for frame in (canary, baseline):
+        frame.loc[5, ["status", "successful", "failed"]] = ["partial", 49, 1]
+        frame.at[5, "error_types"] = ["Parse error 121"]
+    verdict = judge(window(canary, baseline), until=NOW)
+    gate = verdict.gates.set_index("gate").loc["no Parse infrastructure errors"]
+    assert gate["passed"], gate["detail"]
+    assert "0 Parse infrastructure errors" in gate["detail"] and "Parse error 121 ×1" in gate["detail"]
+    assert verdict.verdict == "pass", verdict.reasons
+
+
+@pytest.mark.parametrize(
+    ("error_type", "infrastructure"),
+    [
+        ("Parse error 121", False),  # invalid nested key: a '.' in a metadata key
+        ("Parse error 105", False),  # invalid field name
+        ("Parse error 142", False),  # refused by a validation rule
+        ("Parse error 1", True),  # internal server error
+        ("Parse error 124", True),  # timeout
+        ("Parse error 209", True),  # invalid session: the worker's own credentials
+        ("Parse HTTP 503", True),
+        ("Parse error", True),  # no code at all
+        ("Parse /batch answered 3 results for 4 requests", True),
+        ("invalid memory", False),  # refused by the writer before Parse, not a Parse error
+        ("not processed", False),
+    ],
+)
+def test_which_error_types_are_infrastructure(error_type: str, infrastructure: bool) -> None:
+    assert is_infrastructure_error(error_type) is infrastructure
+
+
 def test_history_budget_gate() -> None:
-    data = window(batches("reference", 8, seed=70, history=6000), batches("legacy", 8, seed=71, history=3e5))
+    data = window(
+        batches("reference", DECIDABLE, seed=70, history=6000),
+        batches("legacy", DECIDABLE, seed=71, history=3e5),
+    )
     assert judge(data, until=NOW).passed
     tight = judge(data, CanaryConfig(max_canary_history_bytes=1000), until=NOW)
     assert tight.verdict == "fail"
@@ -237,11 +286,11 @@ def test_history_budget_gate() -> None:
 
 def test_separate_baseline_window() -> None:
     """At 100% the window has no legacy rows; an earlier window's baseline is used."""
-    canary_only = batches("reference", 8, seed=80, history=6000)
+    canary_only = batches("reference", DECIDABLE, seed=80, history=6000)
     assert judge(canary_only, until=NOW).verdict == "not enough data"
-    earlier = window(batches("legacy", 8, seed=81, history=3e5), batches("reference", 3, seed=82))
+    earlier = window(batches("legacy", DECIDABLE, seed=81, history=3e5), batches("reference", 3, seed=82))
     verdict = judge(canary_only, baseline=earlier, until=NOW)
-    assert (verdict.n_canary, verdict.n_baseline) == (8, 8)
+    assert (verdict.n_canary, verdict.n_baseline) == (DECIDABLE, DECIDABLE)
     assert verdict.passed
 
 
@@ -261,6 +310,9 @@ def test_metric_samples_and_percentiles() -> None:
         {"marginal_threshold": 96, "pass_threshold": 95},
         {"pass_threshold": 101},
         {"min_samples": 2},
+        {"min_samples": 3},  # the smallest p at 3 against 3 is 0.10: nothing could ever be flagged
+        {"min_samples": 4, "alpha": 0.01},  # 0.029 at 4 against 4
+        {"power": 1.0},
         {"alpha": 0},
         {"metrics": ()},
         {"metrics": (LATENCY, LATENCY)},
@@ -285,3 +337,74 @@ def test_empty_window_is_not_enough_data() -> None:
     assert verdict.verdict == "not enough data"
     assert (verdict.n_canary, verdict.n_baseline, verdict.success_diff) == (0, 0, None)
     assert path_percentiles(empty).empty
+
+
+# ---- defects found by review, on cases with known answers -----------------------------------------
+def test_a_chunked_100k_batch_is_held_to_the_budget_per_chunk() -> None:
+    """One 100,000-memory batch in 20 chunk files, with the 17,865 B of history measured for it (README,
+    "Big batches"): 893 B per chunk, well inside the plan's 10 KB for a one-file batch. Held against the
+    whole budget per batch, it failed the gate."""
+    canary = batches("reference", DECIDABLE, seed=100, history=2400)
+    canary["chunks"] = 1
+    canary.loc[0, ["total", "successful", "history_bytes", "chunks"]] = [100_000, 100_000, 17_865, 20]
+    data = window(canary, batches("legacy", DECIDABLE, seed=101, history=3e5))
+    gate = judge(data, until=NOW).gates.set_index("gate").loc["history per canary batch"]
+    assert gate["passed"], gate["detail"]
+    # The same batch with 11,000 B per chunk (220,000 B over 20) is over the budget.
+    canary.loc[0, "history_bytes"] = 220_000
+    gate = judge(window(canary, data[data.storage == "legacy"]), until=NOW).gates.set_index("gate")
+    assert not gate.loc["history per canary batch", "passed"]
+    assert (
+        "11,000 B per chunk (220,000 B over 20 chunk files" in gate.loc["history per canary batch", "detail"]
+    )
+
+
+def test_min_samples_that_can_never_flag_anything_is_refused_with_the_reason() -> None:
+    # Why: the exact two-sided Mann–Whitney p-value of complete separation at 3 against 3.
+    assert mannwhitneyu([1, 2, 3], [4, 5, 6], alternative="two-sided").pvalue == pytest.approx(0.1)
+    with pytest.raises(InvalidCanaryConfig, match=r"min_samples=3 .* alpha=0.05.* is 0\.1\b"):
+        CanaryConfig(min_samples=3)
+    assert CanaryConfig(min_samples=4).min_samples == 4  # 2/70 = 0.029 < 0.05
+
+
+def test_four_against_four_with_no_difference_is_not_a_pass() -> None:
+    """Notebook 03's old CI window: 4 batches per path of a few memories, no difference. It was "pass,
+    score 100"; the window could not have caught a 25 % slowdown nor a 2-point success drop."""
+    data = window(
+        batches("reference", 4, seed=110, total=4, history=2000),
+        batches("legacy", 4, seed=111, total=4, history=7000),
+    )
+    verdict = judge(data, CanaryConfig(min_samples=4), until=NOW)
+    assert verdict.verdict == "not enough data"
+    metrics = verdict.metrics.set_index("metric")
+    assert metrics.loc["end_to_end_ms", "class"] == "inconclusive"
+    assert metrics.loc["success_rate", "class"] == "inconclusive"
+    # 4 batches of 4 memories cannot see a 2-point drop; it would take far more than 4 batches.
+    assert verdict.detectable_success_drop is not None and verdict.detectable_success_drop > 0.2
+    assert verdict.detectable_latency_ratio is not None and verdict.detectable_latency_ratio > 1.25
+    assert verdict.batches_needed is not None and verdict.batches_needed > 20
+    assert any("batches per path needed" in reason for reason in verdict.reasons)
+    assert verdict.summary()["batches_needed_per_path"] == verdict.batches_needed
+
+
+def test_a_real_regression_still_fails_in_a_small_window() -> None:
+    """Power limits a pass, never a failure the window did see: 8 batches 4× slower fail."""
+    data = window(
+        batches("reference", 8, seed=120, e2e_median=8000, history=2000),
+        batches("legacy", 8, seed=121, e2e_median=2000, history=7000),
+    )
+    verdict = judge(data, CanaryConfig(min_samples=4), until=NOW)
+    assert verdict.metrics.set_index("metric").loc["end_to_end_ms", "class"] == "high"
+    assert verdict.verdict == "fail"
+
+
+def test_what_it_could_detect_names_every_metric_against_its_tolerance() -> None:
+    data = window(
+        batches("reference", DECIDABLE, seed=130, history=6000),
+        batches("legacy", DECIDABLE, seed=131, history=3e5),
+    )
+    text = judge(data, until=NOW).what_it_could_detect()
+    assert text.startswith(f"With {DECIDABLE} canary and {DECIDABLE} baseline batches, at alpha 0.05")
+    for spec in DEFAULT_METRICS:
+        assert spec.name in text
+    assert "(tolerance 1.25×)" in text and "(tolerance 2 points)" in text

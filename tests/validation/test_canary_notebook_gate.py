@@ -19,7 +19,7 @@ def test_canary_gate_assert_fails_on_a_failing_canary(canary_window: Any, tmp_pa
         "GENERATE_TRAFFIC": False,
         "WINDOW_START": canary_window.traffic.since.isoformat(),
         "WINDOW_END": canary_window.traffic.until.isoformat(),
-        "MIN_SAMPLES": 3,
+        "MIN_SAMPLES": 4,
         # Real reference histories are ~2.4 KB per batch: a 1,000-byte budget must fail the gate.
         "MAX_CANARY_HISTORY_BYTES": 1000,
     }

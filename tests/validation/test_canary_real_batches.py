@@ -6,7 +6,7 @@ from typing import Any
 
 from toolkit.validation.canary import CanaryConfig, judge
 
-CONFIG = CanaryConfig(min_samples=3)
+CONFIG = CanaryConfig(min_samples=4)
 
 
 def test_traffic_reached_both_paths_as_predicted(canary_window: Any) -> None:
@@ -24,12 +24,16 @@ def test_traffic_reached_both_paths_as_predicted(canary_window: Any) -> None:
 def test_judge_on_real_batches(canary_window: Any) -> None:
     verdict = judge(canary_window.batches, CONFIG, until=canary_window.traffic.until)
     assert (verdict.n_canary, verdict.n_baseline) == (4, 4)
-    assert verdict.verdict != "not enough data"
     metrics = verdict.metrics.set_index("metric")
+    # 4 batches of 2-6 memories per path cannot show that success did not drop by 2 points: the judge
+    # says so, with what it could have seen and how many batches it would need, instead of "pass".
+    assert verdict.verdict == "not enough data", verdict.reasons
+    assert metrics.loc["success_rate", "class"] == "inconclusive"
+    assert verdict.detectable_success_drop is not None and verdict.detectable_success_drop > 0.02
+    assert verdict.batches_needed is not None and verdict.batches_needed > 4
     # The reference path's history is a few KB whatever the batch size; legacy's grows with it.
     assert metrics.loc["history_bytes", "class"] == "low"
     assert not metrics.loc["history_bytes", "failed"]
-    assert metrics.loc["success_rate", "class"] == "pass"
     assert verdict.gates["passed"].all(), verdict.gates
     assert verdict.success_rate_canary == verdict.success_rate_baseline == 1.0
     assert verdict.success_diff_low < 0 < verdict.success_diff_high
@@ -42,7 +46,7 @@ def test_real_batches_too_few_for_a_stricter_judge(canary_window: Any) -> None:
 
 
 def test_real_history_over_a_tight_budget_fails(canary_window: Any) -> None:
-    tight = CanaryConfig(min_samples=3, max_canary_history_bytes=1000)
+    tight = CanaryConfig(min_samples=4, max_canary_history_bytes=1000)
     verdict = judge(canary_window.batches, tight, until=canary_window.traffic.until)
     assert verdict.verdict == "fail"
     gates = verdict.gates.set_index("gate")

@@ -2,12 +2,13 @@
 
 The real receiver, the real Parse Server behind a real TCP proxy, and the real ``send_batch_webhook``
 activity (run as Temporal runs an attempt). The receiver takes Parse away the moment the delivery
-arrives, so recording ``webhookSent`` fails after a delivery the receiver accepted: the attempt
-fails, and the next attempt (Temporal's retry) sends the same event again with the same id.
+arrives, so recording ``webhookSent`` fails after a delivery the receiver accepted: the activity waits
+the outage out (issue 17) and, once Parse is back, sends the same event again with the same id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -15,7 +16,7 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from tests.fixtures.parse_proxy import via_proxy
-from toolkit.parse import ParseClient, ParseUnavailable
+from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.models import MemoryItem
 from toolkit.parse.users import ParseUser
@@ -72,14 +73,19 @@ async def test_a_delivery_whose_success_was_not_recorded_is_resent_with_the_same
         async with ParseClient(proxied, retry_delays_s=(0.05, 0.05)) as proxied_parse:
             activities = BatchActivities(proxied, proxied_parse)
 
-            with pytest.raises(ParseUnavailable):  # attempt 1: delivered, but webhookSent not recorded
-                await env.run(activities.send_batch_webhook, reference)
+            # Delivered, then webhookSent cannot be recorded: the activity waits for Parse.
+            attempt = asyncio.create_task(env.run(activities.send_batch_webhook, reference))
+            deadline = asyncio.get_running_loop().time() + 30
+            while not receiver.requests and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(2)
+            assert not attempt.done(), "the activity waits while Parse is away"
             assert len(receiver.requests) == 1
             stored = await store.find_batch_request(parse, batch_id)
             assert stored is not None and stored.webhook_sent is False
 
             parse_proxy.set_mode("forward")
-            second = await env.run(activities.send_batch_webhook, reference)  # attempt 2: Temporal's retry
+            second = await asyncio.wait_for(attempt, 60)  # run again once Parse answers: sent again
             assert second.delivered is True
             third = await env.run(activities.send_batch_webhook, reference)  # once recorded, never again
             assert third.delivered is True and third.skipped_reason == "already delivered"

@@ -22,7 +22,8 @@ from starlette.requests import Request
 
 from toolkit.api.errors import ApiError, PayloadTooLarge, RequestInvalid, RequestTimeout, UnsupportedMediaType
 from toolkit.api.schemas import MAX_MEMORY_BYTES, BatchRequestIn, MemoryIn
-from toolkit.parse.batch_requests import exceeds_one_chunk, memory_json_estimate
+from toolkit.parse.batch_requests import ChunkFill, max_memory_bytes
+from toolkit.parse.codec import chunk_line
 from toolkit.settings import Settings
 from toolkit.webhooks import WebhookTargetRefused, check_webhook_url
 
@@ -173,12 +174,19 @@ _WHITESPACE = " \t\n\r"
 # Text already parsed is dropped once this much of it piles up in front of the read position.
 _TRIM_CHARS = 256 * 1024
 _READ_AHEAD_CHARS = 64 * 1024
-# One memory larger than this can never be written (the writer's request cap is 8 MiB): refused.
+# The parser holds at most this much of one memory's text; a memory larger than one write to Parse is
+# refused once decoded, by its real bytes (toolkit.parse.batch_requests.max_memory_bytes).
 MAX_MEMORY_JSON_CHARS = 8 * 1024 * 1024
 # Any other top-level field is a short string or an id; one larger than this is refused.
 MAX_FIELD_JSON_CHARS = 64 * 1024
 # A body of one memory that is valid: the other fields are validated with it in place of the real ones.
 _PLACEHOLDER = {"content": "placeholder"}
+# A decode error this close to the end of the text read so far may only mean the value goes on in the
+# next piece: the decoder stops inside a token at most this long ("-Infinity", a "\uXXXX" escape).
+# Further back it is a syntax error, whatever follows (an unterminated string is the one error that
+# names its start, not where the text ran out).
+_TRUNCATION_CHARS = 16
+_BYTE_ORDER_MARK = "\ufeff"
 
 
 class MemorySink:
@@ -188,7 +196,8 @@ class MemorySink:
         """The first chunk is full: these memories came first; the rest follow through :meth:`add`."""
         raise NotImplementedError
 
-    async def add(self, memory: MemoryIn) -> None:
+    async def add(self, memory: MemoryIn, line: bytes) -> None:
+        """One more memory, with its chunk-file line (:func:`~toolkit.parse.codec.chunk_line`)."""
         raise NotImplementedError
 
 
@@ -203,7 +212,11 @@ class StreamedBatch:
 
 
 class _Text:
-    """The body as text, decoded as it arrives, capped at ``limit`` bytes."""
+    """The body as text, decoded as it arrives, capped at ``limit`` bytes.
+
+    UTF-8 only (RFC 8259). A byte-order mark at the very start is skipped, as ``json.loads`` skipped it
+    when bodies were read whole; anywhere else it is text, and so a syntax error.
+    """
 
     def __init__(self, request: Request, limit: int, idle_timeout_s: float) -> None:
         self._stream = request.stream().__aiter__()
@@ -215,6 +228,7 @@ class _Text:
         self.base = 0  # offset in the whole body of text[0]
         self.pos = 0  # read position in text
         self.eof = False
+        self._at_start = True
 
     async def more(self) -> None:
         """Append the next piece of the body (or reach its end)."""
@@ -235,6 +249,10 @@ class _Text:
                     f"'utf-8' codec can't decode byte at position {position}: {exc.reason}",
                 ) from None
             self.bytes_read += len(piece)
+            if decoded and self._at_start:
+                self._at_start = False
+                if decoded.startswith(_BYTE_ORDER_MARK):
+                    self.pos += 1
             if decoded or self.eof:
                 self.text += decoded
                 return
@@ -256,19 +274,29 @@ class _Text:
             self.base += self.pos
             self.pos = 0
 
-    def error(self, msg: str, at: int | None = None) -> RequestInvalid:
+    def error(self, msg: str, at: int | None = None, where: tuple[str | int, ...] = ()) -> RequestInvalid:
+        """422 for malformed JSON: ``["body", *where]`` names the value (a memory), else its offset."""
         position = self.base + (self.pos if at is None else at)
-        return _json_invalid(["body", position], "JSON decode error", f"{msg} (char {position})")
+        loc: list[str | int] = ["body", *where] if where else ["body", position]
+        return _json_invalid(loc, "JSON decode error", f"{msg} (char {position})")
 
-    async def value(self, max_chars: int, too_large: Callable[[], ApiError]) -> Any:
-        """Decode the JSON value at the read position, reading as much of the body as it needs."""
+    async def value(
+        self, max_chars: int, too_large: Callable[[], ApiError], where: tuple[str | int, ...] = ()
+    ) -> Any:
+        """Decode the JSON value at the read position, reading as much of the body as it needs.
+
+        ``where`` names the value in a syntax error inside it (``("memories", 3)``); a body that ends
+        where the value should begin is located by its offset. A syntax error is answered as soon as
+        it is certain, never taken for a value that has not fully arrived.
+        """
         await self.peek()
         while True:
             try:
                 value, end = _DECODER.raw_decode(self.text, self.pos)
             except json.JSONDecodeError as exc:
-                if self.eof:
-                    raise self.error(exc.msg, exc.pos) from None
+                if self.eof or _certain(exc, len(self.text)):
+                    inside = exc.pos < len(self.text)
+                    raise self.error(exc.msg, exc.pos, where if inside else ()) from None
                 await self._grow(max_chars, too_large)
                 continue
             except RecursionError:
@@ -294,6 +322,11 @@ class _Text:
             await self.more()
 
 
+def _certain(exc: json.JSONDecodeError, available: int) -> bool:
+    """Whether a decode error stays one whatever text follows (see ``_TRUNCATION_CHARS``)."""
+    return not exc.msg.startswith("Unterminated string") and exc.pos + _TRUNCATION_CHARS < available
+
+
 class _BatchStream:
     """Walks ``{"memories": [...], ...}`` as it arrives; see the section comment above."""
 
@@ -304,7 +337,8 @@ class _BatchStream:
         self.options: dict[str, Any] = {}
         self.memories_value: Any = None  # the "memories" value when it is not a list
         self.first: list[MemoryIn] = []
-        self.first_bytes = 0
+        self.first_fill = ChunkFill(settings)
+        self.max_memory_bytes = max_memory_bytes(settings)
         self.overflowed = False
         self.count = 0
         self.content_bytes = 0
@@ -369,7 +403,9 @@ class _BatchStream:
             return
         while True:
             index = self.count
-            value = await text.value(MAX_MEMORY_JSON_CHARS, lambda i=index: _memory_too_large(i))
+            value = await text.value(
+                MAX_MEMORY_JSON_CHARS, lambda i=index: _memory_too_large(i), ("memories", index)
+            )
             self.count += 1
             await self._take(index, value)
             separator = await text.peek()
@@ -404,21 +440,31 @@ class _BatchStream:
             return
         if self.errors or self.bytes_over_at is not None or self.refusal is not None:
             return  # refused already: nothing more is stored
+        # The memory as files store it: its real bytes decide whether it can be stored at all, and
+        # whether the batch is one file or chunks.
+        line = chunk_line(memory.model_dump(mode="json"))
+        if len(line) > self.max_memory_bytes:
+            self.refusal = PayloadTooLarge(
+                f"memory {index:,} is {len(line):,} bytes as stored JSON; the limit is "
+                f"{self.max_memory_bytes:,} bytes per memory (one write to the memory store)"
+            )
+            return
         try:
-            await self._store(memory)
+            await self._store(memory, line)
         except ApiError as exc:
             self.refusal = exc
 
-    async def _store(self, memory: MemoryIn) -> None:
-        if self.overflowed:
-            await self.sink.add(memory)
+    async def _store(self, memory: MemoryIn, line: bytes) -> None:
+        if not self.overflowed and self.first_fill.fits(len(line)):
+            self.first.append(memory)
+            self.first_fill.add(len(line))
             return
-        self.first.append(memory)
-        self.first_bytes += memory_json_estimate(memory.content)
-        if exceeds_one_chunk(len(self.first), self.first_bytes, self.settings):
+        if not self.overflowed:
+            # The first chunk holds exactly the memories that fit it: this one starts the second.
             self.overflowed = True
             first, self.first = self.first, []
             await self.sink.overflow(first)
+        await self.sink.add(memory, line)
 
     def _result(self, seen_memories: bool) -> StreamedBatch:
         settings = self.settings

@@ -35,7 +35,7 @@ from toolkit.api.schemas import BatchAccepted, BatchRequestIn, MemoryIn
 from toolkit.api.submission import BatchSubmitter, submission_of
 from toolkit.parse import batch_requests as store
 from toolkit.parse import in_flight
-from toolkit.parse.codec import CodecError
+from toolkit.parse.codec import CodecError, chunk_line
 from toolkit.parse.errors import ParseError
 from toolkit.parse.in_flight import HOLD_TOUCH_EVERY_S, SlotHold
 from toolkit.parse.models import BatchMemoryRequest
@@ -135,7 +135,7 @@ class StreamedSubmission(MemorySink):
         self._toucher = asyncio.create_task(self._touch_while_uploading(self.hold))
         self.writer = store.ChunkedBatchWriter(submitter.parse, submitter.settings, self.batch_id)
         for memory in first:
-            await self._add_chunked(memory)
+            await self._add_chunked(chunk_line(memory.model_dump(mode="json")))
 
     async def _touch_while_uploading(self, hold: SlotHold) -> None:
         while True:
@@ -167,13 +167,13 @@ class StreamedSubmission(MemorySink):
             raise ServiceUnavailable(STORAGE_UNAVAILABLE)
         return self.hold
 
-    async def add(self, memory: MemoryIn) -> None:
+    async def add(self, memory: MemoryIn, line: bytes) -> None:
         if self.replay is not None:
             return
         if self.legacy is not None:
             self._add_legacy(memory)
         else:
-            await self._add_chunked(memory)
+            await self._add_chunked(line)
 
     def _add_legacy(self, memory: MemoryIn) -> None:
         assert self.legacy is not None
@@ -185,10 +185,10 @@ class StreamedSubmission(MemorySink):
             self.legacy = []  # refused: drop what was collected now
             raise PayloadTooLarge(str(LegacyInputTooLarge(estimate, count, count)))
 
-    async def _add_chunked(self, memory: MemoryIn) -> None:
+    async def _add_chunked(self, line: bytes) -> None:
         assert self.writer is not None
         try:
-            await self.writer.add(memory.model_dump(mode="json"))
+            await self.writer.add_line(line)
         except ParseError as exc:
             raise storage_failure(exc) from exc
         except CodecError as exc:

@@ -1,16 +1,21 @@
 """``toolkit run``, the main job behind ``make run``: validate the migration on the running stack.
 
 1. every part of the stack is healthy, and the live rollout flags are shown;
-2. the validation notebooks run at full size (papermill) into ``reports/<UTC timestamp>/``, each with an
-   HTML copy, and the headline figures are read back from those executed notebooks and printed.
+2. the validation notebooks run at decision size (papermill, ``FULL_PARAMETERS``) into
+   ``reports/<UTC timestamp>/``, each with an HTML copy, a line as each starts and ends; the headline
+   figures are read back from the executed notebooks and printed, and ``reports/index.html`` is rebuilt
+   with every run and the trends across runs.
 
 The notebooks are the measurement: 01 sweeps both paths against the direct-write baseline (the bench),
-02 the codecs, 03 a canary through the real API, 04 the rollout runbook, 05 the monitoring views.
+02 the codecs, 03 a canary through the real API with as many batches as the judge needs, 04 the rollout
+runbook through every stage, 05 the monitoring views, 06 the plan's concurrent and large load scenarios
+on both paths. 4-8 minutes on a 2-core machine (README, "Commands").
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 from toolkit import stack
 from toolkit.cli.rollout import rollout_command
@@ -35,6 +40,8 @@ def run_main_job(settings: Settings) -> int:
         f"\n== 2. the validation notebooks in {NOTEBOOKS_DIR.relative_to(REPO_ROOT)}/, at full size",
         flush=True,
     )
-    out_dir, runs = run_notebooks(REPO_ROOT / "reports")
+    started = time.perf_counter()
+    out_dir, runs = run_notebooks(REPO_ROOT / "reports", log=lambda line: print(line, flush=True))
     print("\n".join(summary_lines(out_dir, runs)))
+    print(f"the notebooks took {(time.perf_counter() - started) / 60:.1f} min")
     return 0 if all(run.error is None for run in runs) else 1

@@ -55,6 +55,10 @@ MEMORY_CLASS = "Memory"
 # Parse's maxUploadSize (default 20 MB) also caps JSON bodies; a bigger /batch call fails as a whole
 # with 413. Stay well under it so one oversized chunk is split instead of failing every memory in it.
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+# What the writer adds to a memory's own JSON (content, type, metadata) in its create: the objectId,
+# index, batchId, the user pointer and the ACL, with ids of up to 64 characters. The API refuses a
+# memory that would not fit one request with them (toolkit.parse.batch_requests.max_memory_bytes).
+WRITE_ENVELOPE_BYTES = 1024
 
 # Parse Server's requestComplexity.batchRequestLimit (future default 100) caps sub-requests per call.
 MAX_BATCH_SIZE = 100
@@ -294,7 +298,8 @@ class MemoryWriter:
             fields = memory_fields(processed)
             _check_no_nul(fields, "memory")
             body = {"objectId": memory_object_id(context.batch_id, index), **fields, "index": index, **shared}
-            size = len(json.dumps(body, ensure_ascii=False).encode())
+            # Measured as httpx sends it: compact UTF-8 JSON.
+            size = len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
             if size > self.max_request_bytes:
                 raise InvalidMemory(
                     f"memory is {size} bytes encoded, over the {self.max_request_bytes}-byte limit"

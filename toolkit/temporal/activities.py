@@ -2,15 +2,18 @@
 
 Activities are methods of :class:`BatchActivities`, which holds the settings and the process's one
 Parse client, built once by the worker and passed in. What an attempt has done, and the background
-writes of its progress and errors, are in :mod:`toolkit.temporal.progress`.
+writes of its progress and errors, are in :mod:`toolkit.temporal.progress`. Every activity of the
+reference path heartbeats from its first action and waits out outages of Parse for up to
+``OUTAGE_RETRY_S`` (:mod:`toolkit.temporal.outages`); the legacy path's activities do neither.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -33,12 +36,13 @@ from toolkit.temporal.batch_types import (
     ShrunkBatchData,
     WebhookOutcome,
 )
+from toolkit.temporal.outages import ActivityHeartbeat, outlast_outages
 from toolkit.temporal.progress import AttemptProgress, ProgressReporter, ProgressWriter
 from toolkit.webhooks import EVENT_BATCH_COMPLETED, completion_payload, deliver_webhook, delivery_id
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_EVERY_S = 5.0
+T = TypeVar("T")
 
 
 def final_status(total: int, failed: int) -> str:
@@ -58,6 +62,14 @@ class BatchActivities:
         self.settings = settings
         self.parse = parse
         self.writer = writer or MemoryWriter.from_settings(parse, settings)
+
+    async def _outlasting(
+        self, what: str, step: Callable[[ActivityHeartbeat], Awaitable[T]], *, wait_forever: bool = False
+    ) -> T:
+        """Run ``step`` with a heartbeat from now on, through outages of up to ``OUTAGE_RETRY_S``."""
+        async with ActivityHeartbeat.of_this_attempt() as heartbeat:
+            limit_s = None if wait_forever else self.settings.outage_retry_s
+            return await outlast_outages(lambda: step(heartbeat), heartbeat, limit_s=limit_s, what=what)
 
     # ---- the new path -----------------------------------------------------------------------------
     async def _fetch(self, reference: BatchReference, *, with_memories: bool) -> BatchMemoryRequest:
@@ -115,9 +127,17 @@ class BatchActivities:
 
     @activity.defn(name="fetch_and_process_batch_memories")
     async def fetch_and_process_batch_memories(self, reference: BatchReference) -> BatchSummary:
-        info = activity.info()
-        resume = Checkpoint.from_details(info.heartbeat_details)
+        return await self._outlasting(
+            f"batch {reference.batch_id}", lambda heartbeat: self._fetch_and_process(reference, heartbeat)
+        )
+
+    async def _fetch_and_process(
+        self, reference: BatchReference, heartbeat: ActivityHeartbeat
+    ) -> BatchSummary:
+        resume = heartbeat.checkpoint
+        # The download, inflate and validation of up to a chunk of memories: the heartbeat runs meanwhile.
         request = await self._fetch(reference, with_memories=True)
+        heartbeat.reachable()
         if request.status in FINISHED_STATUSES:
             return self._summary(request)
         started_at, marking = self._mark_processing(request, reference.request_id)
@@ -142,7 +162,8 @@ class BatchActivities:
         total = len(memories)
         start = resume or Checkpoint()
         if resume:
-            log.info("batch %s: attempt %d resumes at memory %d", request.batch_id, info.attempt, resume.next)
+            attempt = activity.info().attempt
+            log.info("batch %s: attempt %d resumes at memory %d", request.batch_id, attempt, resume.next)
 
         async def write_progress(processed: int, ok: int, failed: int) -> bool:
             if processed >= total:
@@ -158,6 +179,7 @@ class BatchActivities:
                 iter([(i, memory) for i, memory in enumerate(memories) if i >= start.next]),
                 AttemptProgress(start, total),
                 write_progress,
+                heartbeat,
             )
         finally:
             if marking is not None:
@@ -193,15 +215,19 @@ class BatchActivities:
         items: Iterator[tuple[int, MemoryItem]],
         progress: AttemptProgress,
         write_progress: ProgressWriter,
+        heartbeat: ActivityHeartbeat,
     ) -> AttemptProgress:
-        """Write ``items``, with errors and progress recorded in the background; flush them at the end."""
+        """Write ``items``, with errors and progress recorded in the background; flush them at the end.
+
+        The heartbeat carries the reporter's safe checkpoint: a retry, or a run after an outage, resumes
+        there.
+        """
 
         async def write_errors(failures: list[tuple[int, str | None]]) -> None:
             await self._record_errors(request_id, failures)
 
-        reporter = ProgressReporter(progress, write_errors, write_progress)
+        reporter = ProgressReporter(progress, write_errors, write_progress, heartbeat.advance)
         reporter.start()
-        heartbeat_task = asyncio.create_task(self._heartbeat_loop(reporter))
         try:
             await self.writer.write_stream(context, items, on_chunk_done=reporter.record)
             await reporter.close()
@@ -210,35 +236,40 @@ class BatchActivities:
                 f"batch file unusable: {exc}", type="CorruptBatchFile", non_retryable=True
             ) from exc
         finally:
-            heartbeat_task.cancel()
             await reporter.abandon()
         return progress
 
     @activity.defn(name="process_batch_chunk")
     async def process_batch_chunk(self, chunk_ref: ChunkReference) -> ChunkSummary:
         """Write one chunk of a chunked batch: stream its file (inflate, parse, write), checkpointed."""
+        return await self._outlasting(
+            f"batch {chunk_ref.batch_id} chunk {chunk_ref.chunk_num}",
+            lambda heartbeat: self._process_chunk(chunk_ref, heartbeat),
+        )
+
+    async def _process_chunk(self, chunk_ref: ChunkReference, heartbeat: ActivityHeartbeat) -> ChunkSummary:
         reference = BatchReference(chunk_ref.request_id, chunk_ref.batch_id)
-        info = activity.info()
         request = await self._fetch(reference, with_memories=False)
+        heartbeat.reachable()
         if request.status in FINISHED_STATUSES:
             # Finalized (or failed) already: nothing of this chunk is needed any more.
             return ChunkSummary(chunk_ref.chunk_num, 0, 0, 0)
         try:
             chunk = store.chunk_of(request, chunk_ref.chunk_num)
+            # Up to a chunk of compressed bytes, however slowly they come: the heartbeat runs meanwhile.
             data = await store.download_chunk(self.parse, request, chunk)
         except store.BatchFileError as exc:
             raise ApplicationError(
                 f"batch file unusable: {exc}", type="CorruptBatchFile", non_retryable=True
             ) from exc
-        first = chunk.header.first_index
-        resume = Checkpoint.from_details(info.heartbeat_details)
-        start = resume or Checkpoint(next=first)
+        resume = heartbeat.checkpoint
+        start = resume or Checkpoint(next=chunk.header.first_index)
         if resume:
             log.info(
                 "batch %s chunk %d: attempt %d resumes at memory %d",
                 request.batch_id,
                 chunk_ref.chunk_num,
-                info.attempt,
+                activity.info().attempt,
                 resume.next,
             )
 
@@ -258,6 +289,7 @@ class BatchActivities:
             store.chunk_memories(data, chunk, self.settings, start=start.next),
             AttemptProgress(start, chunk.memory_count),
             write_progress,
+            heartbeat,
         )
         del data
         if progress.processed != chunk.memory_count:
@@ -272,7 +304,14 @@ class BatchActivities:
     @activity.defn(name="finalize_chunked_batch")
     async def finalize_chunked_batch(self, data: ChunkedFinalizeInput) -> BatchSummary:
         """Finish a chunked batch with the exact totals the workflow summed from its chunks."""
+        return await self._outlasting(
+            f"batch {data.reference.batch_id} finalize", lambda heartbeat: self._finalize(data, heartbeat)
+        )
+
+    async def _finalize(self, data: ChunkedFinalizeInput, heartbeat: ActivityHeartbeat) -> BatchSummary:
+        # Every write below is safe to repeat: a run after an outage reads Parse again and ends the same.
         request = await self._fetch(data.reference, with_memories=False)
+        heartbeat.reachable()
         if request.status in FINISHED_STATUSES:
             return self._summary(request)
         successful, failed = data.successful, data.failed
@@ -317,12 +356,6 @@ class BatchActivities:
             webhook_configured=bool(request.webhook_url),
         )
 
-    async def _heartbeat_loop(self, reporter: ProgressReporter) -> None:
-        # Keeps the activity alive while a slow chunk is in flight (no chunk, no heartbeat otherwise).
-        while True:
-            await asyncio.sleep(HEARTBEAT_EVERY_S)
-            activity.heartbeat(reporter.safe.as_details())
-
     async def _record_errors(self, request_id: str, failures: list[tuple[int, str | None]]) -> None:
         if failures:
             now = _now()
@@ -350,9 +383,17 @@ class BatchActivities:
     # ---- both paths ----------------------------------------------------------------------------------
     @activity.defn(name="send_batch_webhook")
     async def send_batch_webhook(self, reference: BatchReference) -> WebhookOutcome:
+        return await self._outlasting(
+            f"batch {reference.batch_id} webhook", lambda heartbeat: self._send_webhook(reference, heartbeat)
+        )
+
+    async def _send_webhook(self, reference: BatchReference, heartbeat: ActivityHeartbeat) -> WebhookOutcome:
+        # Run again after an outage, a delivery whose success could not be recorded is sent again, with
+        # the same delivery id (at least once; receivers drop repeats by id).
         request = await store.fetch_batch_memory_request_from_parse(
             self.parse, self.settings, reference.request_id, with_memories=False
         )
+        heartbeat.reachable()
         if request is None:
             return WebhookOutcome(False, skipped_reason="request not found")
         if not request.webhook_url:
@@ -391,11 +432,22 @@ class BatchActivities:
 
     @activity.defn(name="mark_batch_failed")
     async def mark_batch_failed(self, failure: BatchFailure) -> BatchSummary:
-        """Record an unrecoverable failure; a request that already finished is left as it is."""
+        """Record an unrecoverable failure; a request that already finished is left as it is.
+
+        Waits for Parse however long it is away: giving up here would leave the batch ``processing``.
+        """
+        return await self._outlasting(
+            f"batch {failure.reference.batch_id} failure",
+            lambda heartbeat: self._mark_failed(failure, heartbeat),
+            wait_forever=True,
+        )
+
+    async def _mark_failed(self, failure: BatchFailure, heartbeat: ActivityHeartbeat) -> BatchSummary:
         request_id = failure.reference.request_id
         request = await store.fetch_batch_memory_request_from_parse(
             self.parse, self.settings, request_id, with_memories=False
         )
+        heartbeat.reachable()
         if request is None:
             return BatchSummary(failure.reference.batch_id, "failed", 0, 0, 0)
         if request.status in FINISHED_STATUSES:

@@ -91,8 +91,9 @@ class Checkpoint:
         if not details:
             return None
         raw = details[0]
-        if isinstance(raw, dict):
-            return cls(int(raw.get("next", 0)), int(raw.get("ok", 0)), int(raw.get("failed", 0)))
+        # Details without "next" carry no checkpoint (an attempt that heartbeated only an outage).
+        if isinstance(raw, dict) and "next" in raw:
+            return cls(int(raw["next"]), int(raw.get("ok", 0)), int(raw.get("failed", 0)))
         return None
 
     def as_details(self) -> dict[str, int]:

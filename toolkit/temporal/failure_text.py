@@ -11,8 +11,13 @@ from __future__ import annotations
 
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
+# The failure type of an activity that waited out an outage of Parse for OUTAGE_RETRY_S and gave up
+# (toolkit.temporal.outages).
+OUTAGE_TOO_LONG = "ParseUnavailableTooLong"
+
 # Failure types our activities raise, and what the owner is told about each.
 SAFE_MESSAGES: dict[str, str] = {
+    OUTAGE_TOO_LONG: "the batch store stayed unavailable past the outage retry limit (OUTAGE_RETRY_S)",
     "CorruptBatchFile": "the stored batch file could not be read",
     "BatchRequestMissing": "the batch's request is missing",
     "InvalidBatchRequest": "the batch's request is invalid",

@@ -12,8 +12,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from temporalio import activity
-
 from toolkit.parse.memory_writer import WriteOutcome
 from toolkit.temporal.batch_types import Checkpoint
 
@@ -21,6 +19,7 @@ __all__ = [
     "PROGRESS_EVERY_MEMORIES",
     "PROGRESS_EVERY_S",
     "AttemptProgress",
+    "CheckpointSink",
     "ErrorWriter",
     "ProgressReporter",
     "ProgressWriter",
@@ -83,6 +82,8 @@ class AttemptProgress:
 
 ErrorWriter = Callable[[list[tuple[int, str | None]]], Awaitable[None]]
 ProgressWriter = Callable[[int, int, int], Awaitable[bool]]
+# Told the safe checkpoint whenever it may have moved (the activity heartbeats it).
+CheckpointSink = Callable[[Checkpoint], None]
 
 
 class ProgressReporter:
@@ -96,12 +97,17 @@ class ProgressReporter:
     """
 
     def __init__(
-        self, progress: AttemptProgress, write_errors: ErrorWriter, write_progress: ProgressWriter
+        self,
+        progress: AttemptProgress,
+        write_errors: ErrorWriter,
+        write_progress: ProgressWriter,
+        on_safe: CheckpointSink,
     ) -> None:
         self.progress = progress
         self.safe = progress.checkpoint
         self._write_errors = write_errors
         self._write_progress = write_progress
+        self._on_safe = on_safe
         self._unrecorded: list[tuple[int, str | None]] = []
         self._in_flight = 0  # errors taken by a write that has not finished
         self._wake = asyncio.Event()
@@ -112,7 +118,7 @@ class ProgressReporter:
         self._task = asyncio.create_task(self._loop())
 
     def _beat(self) -> None:
-        activity.heartbeat(self.safe.as_details())
+        self._on_safe(self.safe)
 
     async def record(self, outcomes: list[WriteOutcome]) -> None:
         self._unrecorded.extend((o.index, o.error) for o in outcomes if not o.ok)

@@ -116,16 +116,14 @@ async def store_and_start(
 ) -> SubmittedBatch:
     """Store ``memories`` as a new batch of ``user`` and start its workflow on ``settings``' task queue.
 
-    As the API does, a reference batch of more than ``settings.batch_chunk_memories`` memories (or
-    more than ``settings.batch_chunk_max_bytes`` of JSON) is stored as chunk files, so a measurement
-    of a big batch measures the chunked workflow a big submission runs.
+    As the API does, a reference batch whose memories do not fit one chunk (``settings.batch_chunk_memories``
+    memories, ``settings.batch_chunk_max_bytes`` of JSON, on their real bytes) is stored as chunk files,
+    so a measurement of a big batch measures the chunked workflow a big submission runs.
     """
     items = [MemoryItem.model_validate(m) for m in memories]
     batch_id = uuid.uuid4().hex
     submission = store.Submission(user.object_id, webhook_url=webhook_url, webhook_secret=webhook_secret)
-    if not legacy and store.exceeds_one_chunk(
-        len(items), sum(store.memory_json_estimate(item.content) for item in items), settings
-    ):
+    if not legacy and not store.fits_one_chunk((item.model_dump(mode="json") for item in items), settings):
         request_id = await _store_chunked(parse, settings, submission, batch_id, items)
     else:
         request_id = await store.create_batch_memory_request_in_parse(

@@ -28,9 +28,15 @@ log = logging.getLogger(__name__)
 
 
 def build_worker(
-    client: Client, settings: Settings, parse: ParseClient, *, task_queue: str | None = None
+    client: Client,
+    settings: Settings,
+    parse: ParseClient,
+    *,
+    task_queue: str | None = None,
+    activities: BatchActivities | None = None,
 ) -> Worker:
-    activities = BatchActivities(settings, parse)
+    """A worker for both workflows; ``activities`` replaces the default set built on ``parse``."""
+    activities = activities or BatchActivities(settings, parse)
     return Worker(
         client,
         task_queue=task_queue or settings.temporal_task_queue,

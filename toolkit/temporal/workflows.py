@@ -49,6 +49,10 @@ CHUNKED_PATCH = "chunked-batches-v1"
 CHUNK_FAILURE_PATCH = "chunk-failure-partial-v1"
 # A dead worker is noticed after this long, and the retry resumes from the last checkpoint.
 HEARTBEAT_TIMEOUT = timedelta(seconds=20)
+# Retries for real failures (a worker that died, a bug). An outage of Parse spends none of them: the
+# activity waits it out itself, heartbeating, for up to the worker's OUTAGE_RETRY_S (hours), and gives
+# up only past that, non-retryably (toolkit.temporal.outages). An outage longer than PROCESS_TIMEOUT
+# costs one attempt per PROCESS_TIMEOUT: the next attempt goes on counting the same outage.
 PROCESS_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -65,6 +69,11 @@ STEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts
 FAILURE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=1), maximum_attempts=60
 )
+# Finalize, the webhook and marking a batch failed wait out outages inside too (issue 17), so they
+# heartbeat and may run as long as a day per attempt; their heartbeat notices a dead worker. Runs
+# started before this patch scheduled them with their old timeouts and no heartbeat, and replay so.
+OUTAGE_PATCH = "outage-retry-v1"
+OUTAGE_STEP_TIMEOUT = timedelta(hours=24)
 # Error text of a memory whose activity gave up after its retries.
 LOST_PREFIX = "activity failed: "
 # The failure texts the owner reads (batch-level error, "not processed: chunk k ..." errors, a legacy
@@ -77,14 +86,21 @@ SAFE_FAILURE_PATCH = "safe-failure-text-v1"
 LEGACY_WINDOW = 20
 
 
+def _step_timeouts(before_patch: timedelta) -> dict[str, timedelta]:
+    """The timeouts of a step that waits out outages (see OUTAGE_PATCH); ``before_patch`` for old runs."""
+    if workflow.patched(OUTAGE_PATCH):
+        return {"start_to_close_timeout": OUTAGE_STEP_TIMEOUT, "heartbeat_timeout": HEARTBEAT_TIMEOUT}
+    return {"start_to_close_timeout": before_patch}
+
+
 async def _with_webhook(reference: BatchReference, summary: BatchSummary) -> BatchSummary:
     """Send the completion webhook in its own activity, so a webhook retry never reprocesses memories."""
     webhook: WebhookOutcome = await workflow.execute_activity(
         "send_batch_webhook",
         reference,
         result_type=WebhookOutcome,
-        start_to_close_timeout=WEBHOOK_TIMEOUT,
         retry_policy=WEBHOOK_RETRY,
+        **_step_timeouts(WEBHOOK_TIMEOUT),
     )
     return dataclasses.replace(summary, webhook_sent=webhook.delivered)
 
@@ -99,8 +115,8 @@ async def _fail_and_notify(reference: BatchReference, error: ActivityError) -> N
         "mark_batch_failed",
         BatchFailure(reference, _reason(error)),
         result_type=BatchSummary,
-        start_to_close_timeout=STEP_TIMEOUT,
         retry_policy=FAILURE_RETRY,
+        **_step_timeouts(STEP_TIMEOUT),
     )
     await _with_webhook(reference, summary)
 
@@ -190,8 +206,8 @@ class ProcessBatchMemoryFromRequestWorkflow:
             "finalize_chunked_batch",
             ChunkedFinalizeInput(reference, plan.total, successful, failed, failures),
             result_type=BatchSummary,
-            start_to_close_timeout=STEP_TIMEOUT,
             retry_policy=STEP_RETRY,
+            **_step_timeouts(STEP_TIMEOUT),
         )
         return summary
 

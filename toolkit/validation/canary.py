@@ -1,21 +1,34 @@
 """The canary judge: is the reference path at least as good as the legacy path, measured on real batches?
 
-Modelled on Spinnaker Kayenta's judge ("NetflixACAJudge"):
+Modelled on Spinnaker Kayenta's judge ("NetflixACAJudge"), plus what Kayenta does not do: it knows what
+its window could have detected.
 
 1. Each metric of the canary (here: the ``reference`` path) is compared with the baseline (the
    ``legacy`` path) over the same window by a two-sided Mann–Whitney U test, which assumes no
    distribution (latencies are skewed and multi-modal). A difference that is statistically significant
-   *and* larger than the metric's effect-size tolerance classifies the metric ``high`` or ``low``;
-   anything else is ``pass``. Too few samples on either side is ``nodata``.
-2. A metric *fails* when its class is the bad direction for it (``high`` latency, ``low`` success
+   *and* larger than the metric's effect-size tolerance classifies the metric ``high`` or ``low``.
+   Too few samples on either side is ``nodata``.
+2. **What it could detect.** For every metric the judge works out the smallest regression its test
+   would have flagged with probability ``power`` (0.8) at ``alpha``, for the batches it has
+   (:mod:`toolkit.validation.power`: *by simulation* of this very test on windows shaped like this
+   one, not by a formula; that module says why). A metric with no significant difference is ``pass``
+   only when a regression as small as its tolerance would have been caught; otherwise it is
+   ``inconclusive``, with the batches per path it would need. "No regression found" is then not
+   mistaken for "no regression".
+3. A metric *fails* when its class is the bad direction for it (``high`` latency, ``low`` success
    rate); ``low`` history bytes are an improvement, not a failure.
-3. The score is the weighted share of measured metrics that did not fail, 0–100, held against the
-   ``marginal`` and ``pass`` thresholds. Kayenta's defaults (75 and 95) are ours.
-4. Hard gates sit beside the score and override it: no timed-out or stuck canary batch, no Parse
-   error on the canary, the canary's success rate not below the baseline's by more than a tolerance,
-   and the plan's history budget per canary batch.
+4. The score is the weighted share of the metrics that were decided (pass, high, low) and did not
+   fail, 0–100, held against the ``marginal`` and ``pass`` thresholds. Kayenta's defaults (75 and 95)
+   are ours.
+5. Hard gates sit beside the score and override it: no timed-out or stuck canary batch, no Parse
+   *infrastructure* error on the canary (a memory Parse refused for its own data, such as a metadata
+   key with a dot, is the user's data, not the path's health: the success-rate comparison covers it),
+   the canary's success rate not below the baseline's by more than a tolerance, and the plan's history
+   budget (10 KB for a 100-memory batch) per canary batch, or per chunk file of a chunked batch.
 
-Too few batches on either path give the verdict ``not enough data``, never ``pass``.
+The verdict: ``fail`` on a failed gate, a failed critical metric or a score under ``marginal``;
+``not enough data`` when a path has fewer than ``min_samples`` finished batches or any metric is
+inconclusive (with :attr:`CanaryVerdict.batches_needed`); otherwise ``pass`` or ``marginal`` by score.
 The success-rate difference carries a confidence interval (Newcombe's hybrid score interval, built
 from two Wilson intervals), because with a few hundred memories a 1-point difference is noise.
 
@@ -26,6 +39,7 @@ reading the servers is the caller's business (notebook 03, the runbook's gate).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -36,6 +50,15 @@ import pandas as pd
 from scipy.stats import mannwhitneyu, norm
 
 from toolkit.parse.models import FINISHED_STATUSES
+from toolkit.validation.power import (
+    BinomialModel,
+    PowerTarget,
+    ShiftModel,
+    WindowModel,
+    batches_needed,
+    smallest_change,
+    smallest_p_value,
+)
 
 __all__ = [
     "BASELINE",
@@ -47,6 +70,7 @@ __all__ = [
     "InvalidCanaryConfig",
     "MetricSpec",
     "classify",
+    "is_infrastructure_error",
     "judge",
     "metric_samples",
     "newcombe_interval",
@@ -61,7 +85,7 @@ FINISHED = FINISHED_STATUSES
 
 Direction = Literal["increase", "decrease", "either"]
 Effect = Literal["ratio", "difference"]
-MetricClass = Literal["pass", "high", "low", "nodata"]
+MetricClass = Literal["pass", "high", "low", "inconclusive", "nodata"]
 Verdict = Literal["pass", "marginal", "fail", "not enough data"]
 
 METRIC_COLUMNS = [
@@ -82,6 +106,12 @@ METRIC_COLUMNS = [
     "canary_p99",
     "effect",
     "p_value",
+    # The smallest regression this window would have flagged with probability `power` (same unit as
+    # `effect`: a ratio, or a difference in the rate), whether that is within the tolerance, and if not
+    # the batches per path needed for it.
+    "detectable_effect",
+    "detectable",
+    "batches_needed",
 ]
 GATE_COLUMNS = ["gate", "passed", "detail"]
 
@@ -125,6 +155,12 @@ class CanaryConfig:
     alpha: float = 0.05
     # Finished batches needed on each path before anything is judged.
     min_samples: int = 5
+    # A metric passes only if a regression as small as its tolerance would have been flagged with this
+    # probability (toolkit.validation.power: simulations of the judge's own test, reproducible by seed).
+    power: float = 0.8
+    simulations: int = 400
+    # The most batches per path the judge computes a need for (a bigger need is reported as "more").
+    max_batches_per_path: int = 2000
     marginal_threshold: float = 75.0
     pass_threshold: float = 95.0
     # Hard gate: canary memory success rate may be at most this far below the baseline's.
@@ -143,9 +179,19 @@ class CanaryConfig:
             )
         if not 0 < self.alpha < 1 or not 0 < self.confidence < 1:
             raise InvalidCanaryConfig("alpha and confidence must lie strictly between 0 and 1")
-        # Mann–Whitney with 2 vs 2 samples can never reach p < 0.05: fewer is never evidence.
-        if self.min_samples < 3:
-            raise InvalidCanaryConfig(f"min_samples must be at least 3, got {self.min_samples}")
+        # The exact test's smallest p-value at n against n is 2 / C(2n, n): 0.10 at 3 against 3, so with
+        # fewer samples than that allows, no metric could ever be flagged at this alpha.
+        floor = smallest_p_value(self.min_samples, self.min_samples)
+        if floor >= self.alpha:
+            raise InvalidCanaryConfig(
+                f"min_samples={self.min_samples} can never flag a metric at alpha={self.alpha:g}: the "
+                f"smallest two-sided Mann–Whitney p-value at {self.min_samples} against "
+                f"{self.min_samples} is {floor:.3g}"
+            )
+        if not 0 < self.power < 1 or self.simulations < 50 or self.max_batches_per_path < self.min_samples:
+            raise InvalidCanaryConfig(
+                "need 0 < power < 1, simulations >= 50 and max_batches_per_path >= min_samples"
+            )
         if not self.metrics or any(m.weight <= 0 or m.tolerance < 0 for m in self.metrics):
             raise InvalidCanaryConfig("need at least one metric, each with weight > 0 and tolerance >= 0")
         names = [m.name for m in self.metrics]
@@ -175,13 +221,51 @@ class CanaryVerdict:
     success_diff_low: float | None
     success_diff_high: float | None
     reasons: list[str] = field(default_factory=list)
+    # With "not enough data": finished batches per path (in total) the judge needs to decide; None when
+    # it has enough, or when more than CanaryConfig.max_batches_per_path would be needed.
+    batches_needed: int | None = None
+    alpha: float = 0.05
+    power: float = 0.8
 
     @property
     def passed(self) -> bool:
         return self.verdict == "pass"
 
+    def _detectable(self, metric: str) -> float | None:
+        rows = self.metrics[self.metrics["metric"] == metric]
+        if rows.empty or pd.isna(rows.iloc[0]["detectable_effect"]):
+            return None
+        return float(rows.iloc[0]["detectable_effect"])
+
+    @property
+    def detectable_latency_ratio(self) -> float | None:
+        """The smallest end-to-end slowdown (canary / baseline median) this window would have caught."""
+        return self._detectable("end_to_end_ms")
+
+    @property
+    def detectable_success_drop(self) -> float | None:
+        """The smallest drop of the memory success rate (a fraction: 0.02 = 2 points) it would have caught."""
+        diff = self._detectable("success_rate")
+        return None if diff is None else -diff
+
+    def what_it_could_detect(self) -> str:
+        """One sentence: the smallest regressions this window would have caught, against the tolerances."""
+        parts = []
+        for row in self.metrics.to_dict("records"):
+            found = ""
+            if row["class"] in ("high", "low"):
+                found = f", and it found a significant {row['effect']:.3g}" + (
+                    "×" if row["effect_kind"] == "ratio" else ""
+                )
+            parts.append(f"{row['metric']} {_describe_change(row)}{found}")
+        return (
+            f"With {self.n_canary} canary and {self.n_baseline} baseline batches, at alpha {self.alpha:g} "
+            f"and power {self.power:g}, this window would have caught: " + "; ".join(parts) + "."
+        )
+
     def summary(self) -> dict[str, object]:
         """Plain values for a record (a notebook's summary, a runbook row)."""
+        ratio, drop = self.detectable_latency_ratio, self.detectable_success_drop
         return {
             "verdict": self.verdict,
             "score": None if self.score is None else round(self.score, 1),
@@ -191,8 +275,25 @@ class CanaryVerdict:
             "success_rate_baseline": self.success_rate_baseline,
             "success_diff": self.success_diff,
             "success_diff_ci": [self.success_diff_low, self.success_diff_high],
+            "detectable_latency_ratio": None if ratio is None or math.isinf(ratio) else round(ratio, 3),
+            "detectable_success_drop": None if drop is None or math.isinf(drop) else round(drop, 4),
+            "batches_needed_per_path": self.batches_needed,
             "reasons": list(self.reasons),
         }
+
+
+def _describe_change(row: dict[str, object]) -> str:
+    """``row``'s detectable regression in words, e.g. "1.31× or more (tolerance 1.25×)"."""
+    value, tolerance = row["detectable_effect"], float(row["tolerance"])  # type: ignore[arg-type]
+    if value is None or pd.isna(value):
+        return "not computed"
+    value = float(value)  # type: ignore[arg-type]
+    if row["effect_kind"] == "ratio":
+        bound = 1 - tolerance if row["direction"] == "decrease" else 1 + tolerance
+        shown = "no change of any size" if math.isinf(value) or value == 0 else f"{value:.3g}× or worse"
+        return f"{shown} (tolerance {bound:.3g}×)"
+    shown = "no change of any size" if math.isinf(value) else f"{abs(value) * 100:.2g} points or worse"
+    return f"{shown} (tolerance {tolerance * 100:.2g} points)"
 
 
 # ---- statistics ----------------------------------------------------------------------------------
@@ -323,11 +424,84 @@ def path_percentiles(batches: pd.DataFrame, column: str = "end_to_end_ms") -> pd
     return pd.DataFrame(rows, columns=["storage", "batches", "p50", "p95", "p99"])
 
 
+# ---- what the window could detect -----------------------------------------------------------------
+# Memory rates: per batch, these counts over ``total`` (a binomial model of the memories, not a shift).
+_RATE_COUNTS = {"success_rate": "success", "error_rate": "failure"}
+
+
+def _window_model(spec: MetricSpec, c: np.ndarray, b: np.ndarray, canary: pd.DataFrame, base: pd.DataFrame):
+    worse = "lower" if spec.direction == "decrease" else "higher"
+    if spec.name in _RATE_COUNTS:
+        b_done = _finished(base)
+        total = _sum(b_done["total"])
+        if not total:
+            return None
+        sizes = _float(pd.concat([_finished(canary)["total"], b_done["total"]])).dropna().to_numpy()
+        return BinomialModel(_sum(b_done["successful"]) / total, sizes, metric=_RATE_COUNTS[spec.name])
+    return ShiftModel(c, b, worse=worse, log=spec.effect == "ratio")  # type: ignore[arg-type]
+
+
+def _tolerance_change(spec: MetricSpec) -> float:
+    """The tolerance in the model's unit: a log ratio for ratio metrics, the difference itself otherwise."""
+    if spec.effect != "ratio":
+        return spec.tolerance
+    up = math.log1p(spec.tolerance)
+    down = -math.log(1 - spec.tolerance) if spec.tolerance < 1 else math.inf
+    return {"increase": up, "decrease": down}.get(spec.direction, min(up, down))
+
+
+def _as_effect(spec: MetricSpec, change: float) -> float:
+    """A regression of ``change`` (model unit) as the judge's ``effect``: a ratio, or a signed difference."""
+    if spec.effect == "ratio":
+        return math.exp(-change) if spec.direction == "decrease" else math.exp(change)
+    return -change if spec.direction == "decrease" else change
+
+
+def _detection(
+    spec: MetricSpec,
+    c: np.ndarray,
+    b: np.ndarray,
+    canary: pd.DataFrame,
+    base: pd.DataFrame,
+    config: CanaryConfig,
+    cache: dict[object, float],
+) -> tuple[float | None, bool, WindowModel | None]:
+    """(detectable effect, whether the tolerance is within it, the model) for one metric. ``cache``
+    holds answers per model: success and error rate mirror each other and share one."""
+    model = _window_model(spec, c, b, canary, base)
+    if model is None or len(c) == 0 or len(b) == 0:
+        return None, False, model
+    key = (model.key(), len(c), len(b)) if isinstance(model, BinomialModel) else object()
+    if key not in cache:
+        cache[key] = smallest_change(model, len(c), len(b), _target(config))
+    change = cache[key]
+    return _as_effect(spec, change), change <= _tolerance_change(spec), model
+
+
+def _target(config: CanaryConfig) -> PowerTarget:
+    return PowerTarget(
+        alpha=config.alpha,
+        power=config.power,
+        simulations=config.simulations,
+        max_batches=config.max_batches_per_path,
+    )
+
+
 def _compare(canary: pd.DataFrame, baseline: pd.DataFrame, config: CanaryConfig) -> pd.DataFrame:
     rows = []
+    cache: dict[object, float] = {}
     for spec in config.metrics:
         c, b = metric_samples(canary, spec.name), metric_samples(baseline, spec.name)
         cls, effect, p_value = classify(c, b, spec, alpha=config.alpha, min_samples=config.min_samples)
+        detectable_effect, detectable, model = _detection(spec, c, b, canary, baseline, config, cache)
+        needed: int | None = None
+        if cls == "pass" and not detectable:
+            # Not significant, but a regression at the tolerance could have gone unseen: no evidence.
+            cls = "inconclusive"
+        if cls in ("inconclusive", "nodata") and model is not None:
+            needed = batches_needed(
+                model, _tolerance_change(spec), _target(config), at_least=config.min_samples
+            )
         rows.append(
             {
                 "metric": spec.name,
@@ -347,19 +521,48 @@ def _compare(canary: pd.DataFrame, baseline: pd.DataFrame, config: CanaryConfig)
                 "canary_p99": _quantile(c, 0.99),
                 "effect": effect,
                 "p_value": p_value,
+                "detectable_effect": detectable_effect,
+                "detectable": detectable,
+                "batches_needed": needed,
             }
         )
-    return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    frame["batches_needed"] = pd.array(frame["batches_needed"].tolist(), dtype="Int64")
+    return frame
 
 
 def _score(metrics: pd.DataFrame) -> float | None:
-    measured = metrics[metrics["class"] != "nodata"]
-    if measured.empty:
+    decided = metrics[metrics["class"].isin(["pass", "high", "low"])]
+    if decided.empty:
         return None
-    return 100.0 * float(measured.loc[~measured["failed"], "weight"].sum()) / float(measured["weight"].sum())
+    return 100.0 * float(decided.loc[~decided["failed"], "weight"].sum()) / float(decided["weight"].sum())
 
 
 # ---- hard gates ----------------------------------------------------------------------------------
+# Parse error codes that mean "this memory's own data was refused": they happen to the same memories on
+# either path, so they say nothing about the path's health (the success-rate comparison covers a path
+# that refuses more). Every other Parse error (5xx, internal error 1, connection 100, timeout 124,
+# permission 119/209, unknown codes) is the infrastructure's.
+DATA_ERROR_CODES: dict[int, str] = {
+    105: "invalid field name",
+    111: "value of the wrong type for its field",
+    116: "object too large",
+    121: "invalid nested key (a metadata key with '.' or '$')",
+    142: "refused by a validation rule",
+}
+_PARSE_CODE = re.compile(r"^Parse error (\d+)$")
+
+
+def is_infrastructure_error(error_type: str) -> bool:
+    """Whether a recorded error type (``metrics.error_type``, e.g. ``Parse error 121``) is a Parse
+    infrastructure failure rather than a memory refused for its own data. Non-Parse types are neither."""
+    text = str(error_type).strip()
+    if not text.lower().startswith("parse"):
+        return False
+    code = _PARSE_CODE.match(text)
+    return code is None or int(code.group(1)) not in DATA_ERROR_CODES
+
+
 def _sum(series: pd.Series) -> int:
     return int(pd.to_numeric(series, errors="coerce").fillna(0).sum())
 
@@ -371,17 +574,48 @@ def _timeouts(canary: pd.DataFrame, until: datetime, timeout_s: float) -> int:
     return int((timed_out | stuck).sum())
 
 
-def _parse_errors(canary: pd.DataFrame) -> int | None:
-    """Recorded errors whose type names Parse (e.g. ``Parse error 142``); None if types were not collected."""
+def _parse_errors(canary: pd.DataFrame) -> tuple[int, dict[str, int]] | None:
+    """(infrastructure errors, data errors by type) recorded on canary batches; None if types were not
+    collected."""
     if "error_types" not in canary:
         return None
-    return sum(
-        1
-        for types in canary["error_types"]
-        if isinstance(types, list | tuple | np.ndarray)
-        for kind in types
-        if str(kind).lower().startswith("parse")
+    infrastructure, data = 0, {}
+    for types in canary["error_types"]:
+        if not isinstance(types, list | tuple | np.ndarray):
+            continue
+        for kind in types:
+            if is_infrastructure_error(kind):
+                infrastructure += 1
+            elif str(kind).lower().startswith("parse"):
+                data[str(kind)] = data.get(str(kind), 0) + 1
+    return infrastructure, data
+
+
+def _history_gate(canary: pd.DataFrame, budget: int) -> dict[str, object]:
+    """The plan's budget is for one batch stored as one file; a chunked batch runs one activity per chunk
+    file, so its history is held against the budget per chunk (20 chunks of a 100,000-memory batch
+    measured 16–18 KB in all)."""
+    done = _finished(canary)
+    history = _float(done["history_bytes"])
+    chunks = (
+        _float(done["chunks"]).fillna(1).clip(lower=1)
+        if "chunks" in done
+        else pd.Series(1.0, index=done.index)
     )
+    per_unit = (history / chunks).dropna()
+    if per_unit.empty:
+        return {"gate": "history per canary batch", "passed": False, "detail": "no history measured"}
+    worst = per_unit.idxmax()
+    worst_chunks = int(chunks[worst])
+    passed = float(per_unit[worst]) < budget
+    if worst_chunks > 1:
+        detail = (
+            f"largest {float(per_unit[worst]):,.0f} B per chunk ({int(history[worst]):,} B over "
+            f"{worst_chunks} chunk files; limit {budget:,} B per batch or chunk)"
+        )
+    else:
+        detail = f"largest {int(history[worst]):,} B (limit {budget:,} B per batch or chunk)"
+    return {"gate": "history per canary batch", "passed": passed, "detail": detail}
 
 
 def _gates(
@@ -400,17 +634,20 @@ def _gates(
             "detail": f"{timeouts} canary batches timed out or unfinished after {config.batch_timeout_s:g} s",
         }
     )
-    parse_errors = _parse_errors(canary)
-    rows.append(
-        {
-            "gate": "no Parse errors",
-            # Not measurable (no error types collected) is not evidence of health: it fails.
-            "passed": parse_errors == 0,
-            "detail": "error types not collected"
-            if parse_errors is None
-            else f"{parse_errors} Parse errors recorded on canary batches",
-        }
-    )
+    errors = _parse_errors(canary)
+    if errors is None:
+        # Not measurable (no error types collected) is not evidence of health: it fails.
+        detail, passed = "error types not collected", False
+    else:
+        infrastructure, data = errors
+        passed = infrastructure == 0
+        detail = f"{infrastructure} Parse infrastructure errors recorded on canary batches"
+        if data:
+            listed = ", ".join(f"{kind} ×{count}" for kind, count in sorted(data.items()))
+            detail += (
+                f"; memories refused for their own data ({listed}) are left to the success-rate comparison"
+            )
+    rows.append({"gate": "no Parse infrastructure errors", "passed": passed, "detail": detail})
     c_rate, b_rate = rates
     if c_rate is None or b_rate is None:
         rows.append({"gate": "success rate", "passed": False, "detail": "no finished memories on a path"})
@@ -424,17 +661,7 @@ def _gates(
             }
         )
     if config.max_canary_history_bytes is not None:
-        history = _float(_finished(canary)["history_bytes"]).dropna()
-        worst = int(history.max()) if len(history) else None
-        rows.append(
-            {
-                "gate": "history per canary batch",
-                "passed": worst is not None and worst < config.max_canary_history_bytes,
-                "detail": "no history measured"
-                if worst is None
-                else f"largest {worst:,} B (limit {config.max_canary_history_bytes:,} B)",
-            }
-        )
+        rows.append(_history_gate(canary, config.max_canary_history_bytes))
     return pd.DataFrame(rows, columns=GATE_COLUMNS)
 
 
@@ -473,11 +700,17 @@ def judge(
     gates = _gates(canary, base, config, until, (c_rate, b_rate))
     score = _score(metrics)
     reasons: list[str] = []
+    needs = [int(n) for n in metrics["batches_needed"].dropna()]
+    unknown_need = bool(((metrics["class"] == "inconclusive") & metrics["batches_needed"].isna()).any())
+    needed: int | None = None if unknown_need else max([config.min_samples, *needs])
+    too_many = f"more than {config.max_batches_per_path}"
 
     if n_canary < config.min_samples or n_baseline < config.min_samples:
         verdict: Verdict = "not enough data"
         reasons.append(
-            f"{n_canary} canary and {n_baseline} baseline finished batches; need {config.min_samples} each"
+            f"{n_canary} canary and {n_baseline} baseline finished batches; need {config.min_samples} each "
+            f"before anything is judged, and about {needed if needed is not None else too_many} per path "
+            "to decide at the tolerances"
         )
     else:
         for gate in gates.to_dict("records"):
@@ -493,19 +726,30 @@ def judge(
                     f"p={row['p_value']:.3g}, tolerance {row['tolerance']:g})"
                 )
         critical_failed = any(row["failed"] and specs[row["metric"]].critical for row in records)
-        if score is None:
-            verdict = "not enough data"
-            reasons.append("no metric had enough samples")
-        elif critical_failed or not gates["passed"].all():
+        inconclusive = [row for row in records if row["class"] == "inconclusive"]
+        if critical_failed or not gates["passed"].all():
             verdict = "fail"
-        elif score >= config.pass_threshold:
-            verdict = "pass"
-        elif score >= config.marginal_threshold:
-            verdict = "marginal"
-            reasons.append(f"score {score:.1f} below pass {config.pass_threshold:g}")
-        else:
+        elif score is not None and score < config.marginal_threshold:
             verdict = "fail"
             reasons.append(f"score {score:.1f} below marginal {config.marginal_threshold:g}")
+        elif inconclusive or score is None:
+            verdict = "not enough data"
+            for row in inconclusive:
+                need = row["batches_needed"]
+                reasons.append(
+                    f"{row['metric']}: no significant difference, but this window would only have caught "
+                    f"{_describe_change(row)}; about {too_many if pd.isna(need) else int(need)} batches "
+                    f"per path needed (now {n_canary} canary, {n_baseline} baseline)"
+                )
+            if score is None and not inconclusive:
+                reasons.append("no metric had enough samples")
+        elif score >= config.pass_threshold:
+            verdict = "pass"
+        else:
+            verdict = "marginal"
+            reasons.append(f"score {score:.1f} below pass {config.pass_threshold:g}")
+    if verdict != "not enough data":
+        needed = None
     return CanaryVerdict(
         verdict=verdict,
         score=score,
@@ -519,4 +763,7 @@ def judge(
         success_diff_low=low,
         success_diff_high=high,
         reasons=reasons,
+        batches_needed=needed,
+        alpha=config.alpha,
+        power=config.power,
     )

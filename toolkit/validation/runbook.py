@@ -4,15 +4,25 @@
    flags are readable, master-key-only and writable; a worker polls the task queue for workflow and
    activity tasks (Temporal ``DescribeTaskQueue`` pollers); a Parse File upload, download and delete
    work.
-2. **Stages** 0 → 10 → 25 → 50 → 75 → 100 %, each set through :mod:`toolkit.rollout` and read back.
-   After each, a **soak**: the gate, an analysis repeated over the soak window as in Argo Rollouts /
-   Flagger, whose judgement is the canary verdict of :mod:`toolkit.validation.canary` over the batches created
-   since the stage began (read with :func:`toolkit.validation.metrics.collect_batches`). More failed analyses
-   than ``failure_limit`` turn the flag off at once, record why, and stop. A soak whose last analysis
-   is not a pass (``not enough data``, ``marginal``) halts the rollout where it is: never a promotion
-   without evidence, nor a rollback without a failure. Stage 0 only collects the baseline.
+2. **Stages** 0 → 10 → 25 → 50 → 75 → 100 %, each set through :mod:`toolkit.rollout` and read back;
+   flags that do not read back as set (another writer) stop the run before the soak. After each, a
+   **soak**: the gate, an analysis repeated over the soak window as in Argo Rollouts / Flagger, whose
+   judgement is the canary verdict of :mod:`toolkit.validation.canary` over the batches created since
+   the stage began (read with :func:`toolkit.validation.metrics.collect_batches`). With ``traffic`` the
+   runbook makes the stage's traffic itself, as many batches per path as the judge says it needs
+   (:func:`toolkit.validation.canary_window.run_until_decided`), so each analysis shows what it could
+   have detected. More failed analyses than ``failure_limit`` **roll back**: flag off *and* percent 0
+   (so a later ``toolkit rollout on`` cannot bring the failed percentage back), read back, the reason
+   recorded, and stop. A soak whose last analysis is not a pass (``not enough data``, ``marginal``)
+   halts the rollout where it is: never a promotion without evidence, nor a rollback without a
+   failure. Stage 0 only collects the baseline.
 3. **Cleanup checklist** once at 100 %: no legacy workflow still running (visibility query), batch
    files cleaned (:func:`toolkit.parse.cleanup.cleanup_finished_files`), storage accounted.
+
+An error mid-rollout (a server gone) rolls back like a failed gate; so does an interrupt (Ctrl-C, a
+cancelled task), which then propagates. A rollback whose write fails, or whose flags do not read back
+off, is the outcome ``rollback failed`` with what to do by hand, never "rolled back". Apart from an
+interrupt, :func:`run_runbook` never raises: flags it cannot read are None in the result.
 
 Every action, check and analysis is one row of one table, :attr:`RunbookResult.record`, which the
 executed notebook keeps. ``dry_run`` reads everything and writes nothing (the rows say what would
@@ -23,6 +33,7 @@ without it the flags stay where the runbook left them, which in production is th
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -44,7 +55,8 @@ from toolkit.parse.users import ParseUser
 from toolkit.rollout import FLAGS_TTL_S, RolloutFlags, master_key_only, read_flags, write_flags
 from toolkit.settings import Settings
 from toolkit.temporal.client import connect
-from toolkit.validation.canary import CanaryConfig, CanaryVerdict, judge
+from toolkit.validation.canary import CanaryConfig, CanaryVerdict
+from toolkit.validation.canary_window import judge_window, run_until_decided
 from toolkit.validation.metrics import collect_batches
 from toolkit.validation.traffic import TrafficPlan, generate_traffic
 
@@ -71,8 +83,13 @@ RECORD_COLUMNS = [
     "n_baseline",
     "flag_on",
     "flag_percent",
+    # Each analysis: what its window could have detected, and the batches per path it still needed.
+    "detectable_latency_ratio",
+    "detectable_success_drop",
+    "batches_needed",
 ]
-Outcome = Literal["completed", "rolled back", "halted", "preflight failed", "dry run"]
+Outcome = Literal["completed", "rolled back", "rollback failed", "halted", "preflight failed", "dry run"]
+BY_HAND = "turn the rollout off by hand: `toolkit rollout off` and `toolkit rollout set --percent 0`"
 _RPC_TIMEOUT = timedelta(seconds=10)
 # The cleanup precondition: legacy workflows still in flight (Temporal visibility).
 LEGACY_RUNNING_QUERY = 'WorkflowType="ProcessBatchMemoryWorkflow" AND ExecutionStatus="Running"'
@@ -103,6 +120,10 @@ class RunbookConfig:
     settle_s: float = FLAGS_TTL_S
     cleanup: bool = True
     cleanup_older_than_days: float = 7.0
+    # With traffic: rounds of traffic per analysis until the judge can decide, at most this many batches
+    # per path (a bigger need halts the stage as "not enough data") and this many rounds.
+    max_batches_per_path: int = 60
+    max_rounds: int = 4
 
     def __post_init__(self) -> None:
         stages = list(self.stages)
@@ -112,6 +133,8 @@ class RunbookConfig:
             raise InvalidRunbookConfig("soak, interval, settle and failure limit must be >= 0")
         if self.traffic is not None and self.traffic.percent is not None:
             raise InvalidRunbookConfig("the runbook sets the flags itself: traffic.percent must be None")
+        if self.max_batches_per_path < self.canary.min_samples or self.max_rounds < 1:
+            raise InvalidRunbookConfig("max_batches_per_path must reach min_samples, max_rounds at least 1")
 
 
 @dataclass
@@ -120,22 +143,36 @@ class RunbookResult:
     reason: str
     record: pd.DataFrame  # RECORD_COLUMNS
     verdicts: list[tuple[int, CanaryVerdict]]  # (stage, verdict) of every analysis
-    flags_before: RolloutFlags
-    flags_after: RolloutFlags
+    flags_before: RolloutFlags | None  # None: Parse Config could not be read
+    flags_after: RolloutFlags | None
     rollback_s: float | None = None  # decision to flag read back off
 
     def summary(self) -> dict[str, Any]:
         scores = [v.score for _, v in self.verdicts if v.score is not None]
+        last = {stage: verdict for stage, verdict in self.verdicts}  # each stage's deciding analysis
+        after = self.flags_after
         return {
             "runbook_outcome": self.outcome,
             "runbook_reason": self.reason,
             "stages_passed": sorted({s for s, v in self.verdicts if v.passed}),
             "analyses": len(self.verdicts),
             "lowest_score": min(scores) if scores else None,
+            "batches_per_stage": {s: [v.n_canary, v.n_baseline] for s, v in last.items()},
+            "detectable_latency_ratio_per_stage": {
+                s: _rounded(v.detectable_latency_ratio, 3) for s, v in last.items()
+            },
+            "detectable_success_drop_per_stage": {
+                s: _rounded(v.detectable_success_drop, 4) for s, v in last.items()
+            },
             "rollback_s": self.rollback_s,
-            "flags_after": f"on={self.flags_after.use_parse_batch_storage} "
-            f"percent={self.flags_after.canary_percent}",
+            "flags_after": "unreadable"
+            if after is None
+            else f"on={after.use_parse_batch_storage} percent={after.canary_percent}",
         }
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None or math.isinf(value) else round(value, digits)
 
 
 class _Record:
@@ -161,10 +198,18 @@ class _Record:
             "n_baseline": extra.get("n_baseline"),
             "flag_on": self.flags.use_parse_batch_storage if self.flags else None,
             "flag_percent": self.flags.canary_percent if self.flags else None,
+            "detectable_latency_ratio": extra.get("detectable_latency_ratio"),
+            "detectable_success_drop": extra.get("detectable_success_drop"),
+            "batches_needed": extra.get("batches_needed"),
         }
         self.rows.append(row)
         if self._log is not None:
             self._log(f"[{phase}] {step}: {result} {detail}".rstrip())
+
+    def log(self, line: str) -> None:
+        """Progress that is not a row of the record (traffic rounds)."""
+        if self._log is not None:
+            self._log(line)
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=RECORD_COLUMNS)
@@ -282,23 +327,47 @@ async def preflight(
 
 # ---- the gate ------------------------------------------------------------------------------------
 async def _analyse(
-    settings: Settings, config: RunbookConfig, stage_start: datetime, run_start: datetime
+    settings: Settings,
+    config: RunbookConfig,
+    record: _Record,
+    percent: int,
+    stage_start: datetime,
+    run_start: datetime,
+    users: list[ParseUser],
 ) -> CanaryVerdict:
-    until = datetime.now(UTC)
-    window = await collect_batches(settings, stage_start, until)
-    baseline = None
-    if int((window["storage"] == "legacy").sum()) < config.canary.min_samples:
-        # At high percentages the soak window holds little legacy traffic: compare with every
-        # legacy batch since the run began (stage 0 collected them for this).
-        earlier = await collect_batches(settings, run_start, until)
-        baseline = earlier[earlier["storage"] == "legacy"]
-    return judge(window, config.canary, until=until, baseline=baseline)
+    """One analysis of the stage: with traffic, rounds of it until the judge can decide (or its cap)."""
+    if config.traffic is None:
+        _, verdict = await judge_window(
+            settings, config.canary, stage_start, datetime.now(UTC), baseline_since=run_start
+        )
+        return verdict
+    window = await run_until_decided(
+        settings,
+        config.canary,
+        config.traffic,
+        max_batches_per_path=config.max_batches_per_path,
+        max_rounds=config.max_rounds,
+        users=users,
+        baseline_since=run_start,
+        log=record.log,
+    )
+    rounds = window.rounds
+    record.add(
+        "soak",
+        "traffic",
+        "ok",
+        f"{int(rounds['submitted'].sum())} batches in {len(rounds)} round(s) "
+        f"({', '.join(str(n) for n in rounds['submitted'])}); {window.stopped}",
+        stage=percent,
+    )
+    return window.verdict
 
 
 # ---- the run -------------------------------------------------------------------------------------
 async def _set_stage(
     parse: ParseClient, settings: Settings, record: _Record, percent: int, dry_run: bool
-) -> None:
+) -> bool:
+    """Set the stage's flags and read them back; False when they do not read back as set."""
     before = record.flags
     if dry_run:
         record.add(
@@ -309,29 +378,69 @@ async def _set_stage(
             f"percent={before and before.canary_percent})",
             stage=percent,
         )
-        return
+        return True
     record.flags = await write_flags(parse, settings, enabled=True, percent=percent)
     ok = record.flags.use_parse_batch_storage and record.flags.canary_percent == percent
-    record.add("stage", "set flags", "ok" if ok else "fail", f"read back percent={percent}", stage=percent)
+    record.add(
+        "stage",
+        "set flags",
+        "ok" if ok else "fail",
+        f"read back on={record.flags.use_parse_batch_storage} percent={record.flags.canary_percent}"
+        + ("" if ok else f", not on at {percent}%"),
+        stage=percent,
+    )
+    return ok
 
 
 async def _roll_back(
     parse: ParseClient, settings: Settings, record: _Record, stage: int | None, why: str
-) -> float:
+) -> tuple[float, bool]:
+    """Flag off and percent 0, read back: (seconds from the decision, whether it read back so).
+
+    Never raises: a write that fails is recorded as a failed rollback."""
     started = time.perf_counter()
-    await write_flags(parse, settings, enabled=False)
-    record.flags = await read_flags(parse, settings)
+    try:
+        record.flags = await write_flags(parse, settings, enabled=False, percent=0)
+    except Exception as exc:  # noqa: BLE001 - recorded; the outcome says the rollback failed
+        seconds = time.perf_counter() - started
+        record.add(
+            "rollback",
+            "flag off",
+            "fail",
+            f"could not write the flags ({type(exc).__name__}: {exc}) {seconds:.2f} s after the decision; "
+            f"{BY_HAND}. Why: {why}",
+            stage=stage,
+        )
+        return seconds, False
     seconds = time.perf_counter() - started
-    off = not record.flags.use_parse_batch_storage
+    off = not record.flags.use_parse_batch_storage and record.flags.canary_percent == 0
     record.add(
         "rollback",
         "flag off",
         "ok" if off else "fail",
-        f"read back on={record.flags.use_parse_batch_storage} {seconds:.2f} s after the decision "
-        f"(API processes follow within {FLAGS_TTL_S:g} s). Why: {why}",
+        f"read back on={record.flags.use_parse_batch_storage} percent={record.flags.canary_percent} "
+        f"{seconds:.2f} s after the decision (API processes follow within {FLAGS_TTL_S:g} s). Why: {why}",
         stage=stage,
     )
-    return seconds
+    return seconds, off
+
+
+def _analysis_row(record: _Record, percent: int, verdict: CanaryVerdict) -> str:
+    reason = "; ".join(verdict.reasons) or "all metrics and gates pass"
+    record.add(
+        "gate",
+        "canary analysis",
+        verdict.verdict,
+        f"{reason}. {verdict.what_it_could_detect()}",
+        stage=percent,
+        score=None if verdict.score is None else round(verdict.score, 1),
+        n_canary=verdict.n_canary,
+        n_baseline=verdict.n_baseline,
+        detectable_latency_ratio=_rounded(verdict.detectable_latency_ratio, 3),
+        detectable_success_drop=_rounded(verdict.detectable_success_drop, 4),
+        batches_needed=verdict.batches_needed,
+    )
+    return reason
 
 
 async def _soak(
@@ -349,13 +458,9 @@ async def _soak(
     failures = 0
     last: CanaryVerdict | None = None
     while True:
-        if config.traffic is not None:
-            traffic = await generate_traffic(settings, config.traffic, users=users)
-            statuses = traffic.submitted["status"].value_counts().to_dict()
-            record.add(
-                "soak", "traffic", "ok", f"{len(traffic.submitted)} batches: {statuses}", stage=percent
-            )
         if percent == 0:
+            if config.traffic is not None:
+                await generate_traffic(settings, config.traffic, users=users, progress=record.log)
             window = await collect_batches(settings, stage_start, datetime.now(UTC), with_temporal=False)
             record.add(
                 "soak",
@@ -366,19 +471,9 @@ async def _soak(
                 n_baseline=int((window["storage"] == "legacy").sum()),
             )
             return "pass", "baseline only"
-        last = await _analyse(settings, config, stage_start, run_start)
+        last = await _analyse(settings, config, record, percent, stage_start, run_start, users)
         verdicts.append((percent, last))
-        reason = "; ".join(last.reasons) or "all metrics and gates pass"
-        record.add(
-            "gate",
-            "canary analysis",
-            last.verdict,
-            reason,
-            stage=percent,
-            score=None if last.score is None else round(last.score, 1),
-            n_canary=last.n_canary,
-            n_baseline=last.n_baseline,
-        )
+        reason = _analysis_row(record, percent, last)
         if last.verdict == "fail":
             failures += 1
             if failures > config.failure_limit:
@@ -432,19 +527,79 @@ async def _cleanup(
     )
 
 
+async def _read_flags_or_none(parse: ParseClient, settings: Settings, record: _Record) -> RolloutFlags | None:
+    try:
+        return await read_flags(parse, settings)
+    except Exception as exc:  # noqa: BLE001 - recorded; the result carries None
+        record.add("end", "read flags", "fail", f"could not read the flags: {type(exc).__name__}: {exc}")
+        return None
+
+
+async def _roll_out(
+    settings: Settings,
+    parse: ParseClient,
+    config: RunbookConfig,
+    record: _Record,
+    run_start: datetime,
+    verdicts: list[tuple[int, CanaryVerdict]],
+) -> tuple[Outcome, str, float | None]:
+    """The stages, live: (outcome, reason, rollback seconds). An interrupt rolls back, then propagates."""
+    users: list[ParseUser] = []
+
+    async def rolled_back(stage: int | None, why: str) -> tuple[Outcome, str, float | None]:
+        seconds, off = await _roll_back(parse, settings, record, stage, why)
+        if off:
+            return "rolled back", why, seconds
+        return "rollback failed", f"{why}; the rollback did not take: {BY_HAND}", None
+
+    percent: int | None = None
+    try:
+        for percent in config.stages:
+            if not await _set_stage(parse, settings, record, percent, dry_run=False):
+                flags = record.flags
+                return await rolled_back(
+                    percent,
+                    f"flags read back on={flags and flags.use_parse_batch_storage} "
+                    f"percent={flags and flags.canary_percent}, not on at {percent}% (another writer?): "
+                    "stopped before the soak",
+                )
+            await asyncio.sleep(config.settle_s)
+            result, why = await _soak(settings, config, record, percent, run_start, users, verdicts)
+            if result == "fail":
+                return await rolled_back(percent, why)
+            if result == "halt":
+                record.add("stage", "halt", "halted", why, stage=percent)
+                return "halted", why, None
+            record.add("stage", "promote", "ok", why, stage=percent)
+    except Exception as exc:
+        # An error mid-rollout (a server gone) is a failure like a failed gate: flag off.
+        why = f"runbook error: {type(exc).__name__}: {exc}"
+        record.add("error", "exception", "fail", why, stage=percent)
+        return await rolled_back(percent, why)
+    except BaseException as exc:
+        # Ctrl-C or a cancelled task mid-soak: the flag must not stay on behind the operator's back.
+        record.add("error", "interrupted", "fail", f"{type(exc).__name__} at {percent}%", stage=percent)
+        await _roll_back(parse, settings, record, percent, f"interrupted ({type(exc).__name__})")
+        raise
+    return "completed", "every stage passed its gate", None
+
+
 async def run_runbook(
     settings: Settings, config: RunbookConfig, *, log: Callable[[str], None] | None = None
 ) -> RunbookResult:
-    """Execute the runbook against the stack ``settings`` names; never raises for a failed gate."""
+    """Execute the runbook against the stack ``settings`` names.
+
+    Never raises for a failed gate, a server gone or a failed rollback: they are outcomes in the
+    record. An interrupt (Ctrl-C, a cancelled task) rolls back first, then propagates.
+    """
     record = _Record(log)
     verdicts: list[tuple[int, CanaryVerdict]] = []
     run_start = datetime.now(UTC)
     rollback_s: float | None = None
-    users: list[ParseUser] = []
     async with ParseClient(settings) as parse:
         ok, flags_before = await preflight(settings, parse, record, dry_run=config.dry_run)
         if flags_before is None:
-            flags_before = await read_flags(parse, settings)
+            flags_before = await _read_flags_or_none(parse, settings, record)
         outcome: Outcome
         if not ok:
             outcome, reason = "preflight failed", "a preflight check failed; nothing was changed"
@@ -460,51 +615,41 @@ async def run_runbook(
                     stage=percent,
                 )
             if config.cleanup:
-                await _cleanup(settings, parse, config, record, run_start)
+                await _checked_cleanup(settings, parse, config, record, run_start)
             outcome, reason = "dry run", "nothing was changed"
         else:
-            outcome, reason = "completed", "every stage passed its gate"
-            try:
-                for percent in config.stages:
-                    await _set_stage(parse, settings, record, percent, dry_run=False)
-                    await asyncio.sleep(config.settle_s)
-                    result, why = await _soak(settings, config, record, percent, run_start, users, verdicts)
-                    if result == "fail":
-                        rollback_s = await _roll_back(parse, settings, record, percent, why)
-                        outcome, reason = "rolled back", why
-                        break
-                    if result == "halt":
-                        record.add("stage", "halt", "halted", why, stage=percent)
-                        outcome, reason = "halted", why
-                        break
-                    record.add("stage", "promote", "ok", why, stage=percent)
-            except Exception as exc:
-                # An error mid-rollout (a server gone) is a failure like a failed gate: flag off.
-                why = f"runbook error: {type(exc).__name__}: {exc}"
-                record.add("error", "exception", "fail", why)
-                try:
-                    rollback_s = await _roll_back(parse, settings, record, None, why)
-                except Exception as inner:  # noqa: BLE001 - say so; the caller must act by hand
-                    record.add("rollback", "flag off", "fail", f"could not turn the flag off: {inner}")
-                outcome, reason = "rolled back", why
+            outcome, reason, rollback_s = await _roll_out(
+                settings, parse, config, record, run_start, verdicts
+            )
             if outcome == "completed" and config.cleanup:
                 # At 100 % a failed cleanup check is work left to do, not a reason to roll back.
-                try:
-                    await _cleanup(settings, parse, config, record, run_start)
-                except Exception as exc:  # noqa: BLE001 - recorded; the rollout itself is done
-                    record.add("cleanup", "exception", "fail", f"{type(exc).__name__}: {exc}")
+                await _checked_cleanup(settings, parse, config, record, run_start)
                 failed = record.frame().query("phase == 'cleanup' and result == 'fail'")["step"].tolist()
                 if failed:
                     reason = f"every stage passed its gate; cleanup left to do: {', '.join(failed)}"
-        if config.restore_flags and not config.dry_run:
-            record.flags = await write_flags(
-                parse,
-                settings,
-                enabled=flags_before.use_parse_batch_storage,
-                percent=flags_before.canary_percent,
-            )
-            record.add("restore", "flags restored", "ok", "restore_flags=True (CI): flags put back as found")
-        flags_after = await read_flags(parse, settings)
+        if config.restore_flags and not config.dry_run and flags_before is not None:
+            try:
+                record.flags = await write_flags(
+                    parse,
+                    settings,
+                    enabled=flags_before.use_parse_batch_storage,
+                    percent=flags_before.canary_percent,
+                )
+                record.add(
+                    "restore", "flags restored", "ok", "restore_flags=True (CI): flags put back as found"
+                )
+            except Exception as exc:  # noqa: BLE001 - recorded; flags_after shows what stands
+                record.add("restore", "flags restored", "fail", f"{type(exc).__name__}: {exc}")
+        flags_after = await _read_flags_or_none(parse, settings, record)
     record.flags = flags_after
     record.add("end", "outcome", outcome, reason)
     return RunbookResult(outcome, reason, record.frame(), verdicts, flags_before, flags_after, rollback_s)
+
+
+async def _checked_cleanup(
+    settings: Settings, parse: ParseClient, config: RunbookConfig, record: _Record, run_start: datetime
+) -> None:
+    try:
+        await _cleanup(settings, parse, config, record, run_start)
+    except Exception as exc:  # noqa: BLE001 - recorded; the rollout itself is done
+        record.add("cleanup", "exception", "fail", f"{type(exc).__name__}: {exc}")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -34,6 +36,8 @@ __all__ = [
     "NotEnoughUsers",
     "TrafficPlan",
     "TrafficResult",
+    "flags_at",
+    "paths_for",
     "generate_traffic",
     "prepare_users",
 ]
@@ -104,7 +108,8 @@ class TrafficResult:
         return s[s["storage"].notna() & (s["storage"] != s["expected_storage"])]
 
 
-def _paths(flags: RolloutFlags) -> set[str]:
+def paths_for(flags: RolloutFlags) -> set[str]:
+    """The paths these flags send users to."""
     if not flags.use_parse_batch_storage or flags.canary_percent <= 0:
         return {"legacy"}
     if flags.canary_percent >= 100:
@@ -126,7 +131,7 @@ async def prepare_users(
     signups = 0
 
     def short() -> bool:
-        have = {path: 0 for path in _paths(flags)}
+        have = {path: 0 for path in paths_for(flags)}
         for user in users:
             path = choose_storage(flags, user.object_id)
             if path in have:
@@ -221,23 +226,66 @@ async def _one(
     return row
 
 
+class _Progress:
+    """A line about every tenth of the batches (and the last), for a cell that runs for minutes."""
+
+    def __init__(self, total: int, log: Callable[[str], None] | None) -> None:
+        self.total, self.log, self.done = total, log, 0
+        self.paths: dict[str, int] = {}
+        self.started = time.perf_counter()
+        self.every = max(2, total // 10)
+
+    def finished(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        path = str(row["storage"] or row["status"])
+        self.paths[path] = self.paths.get(path, 0) + 1
+        if self.log is not None and (self.done % self.every == 0 or self.done == self.total):
+            by_path = ", ".join(f"{n} {p}" for p, n in sorted(self.paths.items()))
+            self.log(
+                f"traffic: {self.done}/{self.total} batches final ({by_path}) "
+                f"after {time.perf_counter() - self.started:.0f} s"
+            )
+
+
+@asynccontextmanager
+async def flags_at(
+    parse: ParseClient, settings: Settings, percent: int | None, *, restore: bool = True, settle_s: float
+) -> AsyncIterator[tuple[RolloutFlags, RolloutFlags]]:
+    """The flags on at ``percent`` for the block (None: as they are), then back as found if ``restore``
+    (also on error). Yields (before, during); waits ``settle_s`` after a change so that every API process
+    has re-read them."""
+    before = await read_flags(parse, settings)
+    during = before
+    try:
+        if percent is not None:
+            during = await write_flags(parse, settings, enabled=True, percent=percent)
+            if during != before:
+                await asyncio.sleep(settle_s)
+        yield before, during
+    finally:
+        if percent is not None and restore and during != before:
+            await write_flags(
+                parse, settings, enabled=before.use_parse_batch_storage, percent=before.canary_percent
+            )
+
+
 async def generate_traffic(
-    settings: Settings, plan: TrafficPlan, *, users: list[ParseUser] | None = None
+    settings: Settings,
+    plan: TrafficPlan,
+    *,
+    users: list[ParseUser] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> TrafficResult:
     """Submit ``plan.batches`` batches through the API and wait until each is final.
 
     Returns the window ``[since, until)`` that holds them (for
     :func:`toolkit.validation.metrics.collect_batches`) and one row per batch. ``users`` reuses a pool
-    (it is grown when a path lacks users).
+    (it is grown when a path lacks users). ``progress`` gets a line about every tenth of the batches.
     """
     async with ParseClient(settings) as parse:
-        before = await read_flags(parse, settings)
-        during = before
-        try:
-            if plan.percent is not None:
-                during = await write_flags(parse, settings, enabled=True, percent=plan.percent)
-                if during != before:
-                    await asyncio.sleep(plan.settle_s)
+        async with flags_at(
+            parse, settings, plan.percent, restore=plan.restore_flags, settle_s=plan.settle_s
+        ) as (before, during):
             pool = await prepare_users(
                 parse,
                 during,
@@ -250,18 +298,17 @@ async def generate_traffic(
                 users[:] = pool  # the caller's pool keeps the new sign-ups
             since = datetime.now(UTC) - CLOCK_MARGIN
             limit = asyncio.Semaphore(plan.concurrency)
+            tracker = _Progress(plan.batches, progress)
+
+            async def one(index: int, user: ParseUser, size: int) -> dict[str, Any]:
+                row = await _one(settings, plan, during, user, size, index, limit)
+                tracker.finished(row)
+                return row
+
             rows = await asyncio.gather(
-                *(
-                    _one(settings, plan, during, user, size, i, limit)
-                    for i, (user, size) in enumerate(_assign(plan, pool, during))
-                )
+                *(one(i, user, size) for i, (user, size) in enumerate(_assign(plan, pool, during)))
             )
             until = datetime.now(UTC) + CLOCK_MARGIN
-        finally:
-            if plan.percent is not None and plan.restore_flags and during != before:
-                await write_flags(
-                    parse, settings, enabled=before.use_parse_batch_storage, percent=before.canary_percent
-                )
         after = await read_flags(parse, settings)
     return TrafficResult(
         since=since,

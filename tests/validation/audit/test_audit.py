@@ -238,7 +238,13 @@ async def test_more_runs_than_top_n_fetch_only_the_top_n_largest(
         )
         for size in (300, 100, 500, 200, 400)
     ]
+
+    async def all_listed() -> bool:
+        return (await temporal.count_workflows(f'TaskQueue = "{task_queue}"')).count >= len(handles)
+
     try:
+        # Visibility trails a start by a moment: audit once all five are listed (it failed once without).
+        await wait_until(all_listed, 30, f"{len(handles)} runs on {task_queue} in visibility")
         report = await audit_namespace(counting, settings, window_for(task_queue, since), top_n=2)
     finally:
         for handle in handles:

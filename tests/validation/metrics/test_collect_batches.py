@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -33,14 +34,20 @@ async def test_both_paths_read_back_with_parse_and_temporal_figures(
     memories = chitchat_memories(30)
     reference = await store_and_start(temporal, parse, worker_settings, user, memories)
     legacy = await store_and_start(temporal, parse, worker_settings, user, memories, legacy=True)
+    in_chunks = dataclasses.replace(worker_settings, batch_chunk_memories=10)
+    chunked = await store_and_start(temporal, parse, in_chunks, user, memories)
     assert (await reference.result()).successful == 30
     assert (await legacy.result()).successful == 30
+    assert (await chunked.result()).successful == 30
     finished_at = datetime.now(UTC)
 
     frame = await collect_batches(worker_settings, since)
     assert list(frame.columns) == list(BATCH_COLUMNS)
     rows = frame.set_index("batch_id").loc[[reference.batch_id, legacy.batch_id]]
     ref, old = rows.loc[reference.batch_id], rows.loc[legacy.batch_id]
+    # The chunk files each batch was stored as (the canary's history budget is per chunk).
+    assert (ref.chunks, old.chunks) == (1, 1)
+    assert frame.set_index("batch_id").loc[chunked.batch_id, "chunks"] == 3
 
     # As the store encodes them: validated first (which normalises the content), then gzipped. The
     # expected sizes come from a second implementation of the file format (zlib), not from the codec.

@@ -24,6 +24,7 @@ from toolkit.validation.metrics import (
     per_period,
     running_legacy_workflows,
     storage_account,
+    storage_days_over,
 )
 from toolkit.validation.workloads import chitchat_memories
 
@@ -125,3 +126,20 @@ async def test_a_running_legacy_workflow_is_listed_until_it_ends(
         await asyncio.sleep(0.1)
     else:
         raise AssertionError(f"{handle.id} still listed by {LEGACY_RUNNING_QUERY}")
+
+
+def test_storage_days_over_lists_each_day_at_or_over_its_target() -> None:
+    per_day = pd.DataFrame(
+        {
+            "day": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03"], utc=True),
+            "batches": [3, 40, 1],
+            "compressed_bytes": [999, 1_000, 2_500_000],
+            "over_target": [False, True, True],  # target 1,000 B
+        }
+    )
+    assert storage_days_over(per_day) == [
+        "2026-01-02: 1,000 B in 40 batch files",
+        "2026-01-03: 2,500,000 B in 1 batch files",
+    ]
+    assert storage_days_over(per_day.iloc[:1]) == []
+    assert storage_days_over(per_day.iloc[:0]) == []

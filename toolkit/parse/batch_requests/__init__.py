@@ -31,9 +31,10 @@ Import from this package, not from its private modules.
 """
 
 from toolkit.parse.batch_requests._chunks import (
-    CHUNK_FRAMING_ALLOWANCE,
+    CHUNK_HEADER_BYTES,
     ChunkAccount,
     ChunkedBatchWriter,
+    ChunkFill,
     ChunkToProcess,
     ChunkUploads,
     StoredChunk,
@@ -42,9 +43,9 @@ from toolkit.parse.batch_requests._chunks import (
     chunk_of,
     create_chunked_batch_memory_request,
     download_chunk,
-    exceeds_one_chunk,
+    fits_one_chunk,
     indexes_in_range,
-    memory_json_estimate,
+    max_memory_bytes,
 )
 from toolkit.parse.batch_requests._error_log import (
     MAX_ERROR_CHARS,
@@ -83,11 +84,12 @@ from toolkit.parse.batch_requests._requests import (
 
 __all__ = [
     "BATCH_FILE_CONTENT_TYPE",
-    "CHUNK_FRAMING_ALLOWANCE",
+    "CHUNK_HEADER_BYTES",
     "MAX_ERROR_CHARS",
     "MAX_STORED_ERRORS",
     "BatchFileError",
     "ChunkAccount",
+    "ChunkFill",
     "ChunkToProcess",
     "ChunkUploads",
     "ChunkedBatchWriter",
@@ -106,7 +108,7 @@ __all__ = [
     "delete_batch_request",
     "delete_file_if_present",
     "download_chunk",
-    "exceeds_one_chunk",
+    "fits_one_chunk",
     "fetch_batch_memory_request_from_parse",
     "find_batch_errors",
     "find_batch_request",
@@ -114,7 +116,7 @@ __all__ = [
     "find_request_holding",
     "indexes_in_range",
     "mark_webhook_sent",
-    "memory_json_estimate",
+    "max_memory_bytes",
     "record_workflow",
     "release_slot",
     "retire_unstarted_request",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -44,6 +44,7 @@ from toolkit.parse.codec import (
     iter_chunk_memories,
 )
 from toolkit.parse.errors import ObjectNotFound, ParseUnavailable
+from toolkit.parse.memory_writer import DEFAULT_MAX_REQUEST_BYTES, WRITE_ENVELOPE_BYTES
 from toolkit.parse.models import (
     BatchError,
     BatchMemoryRequest,
@@ -122,13 +123,63 @@ class ChunkUploads:
         self.stored = []
 
 
+# What a chunk's header line may take of its size: ids of at most 64 characters and two numbers.
+CHUNK_HEADER_BYTES = 256
+
+
+def max_memory_bytes(settings: Settings) -> int:
+    """The largest memory, as stored JSON (:func:`~toolkit.parse.codec.chunk_line`), a batch may hold.
+
+    It must fit one write to Parse (the memory writer's request cap, with the fields the writer adds)
+    and one chunk file; anything bigger could never be stored, so the API refuses it (413).
+    """
+    return min(
+        DEFAULT_MAX_REQUEST_BYTES - WRITE_ENVELOPE_BYTES, settings.batch_chunk_max_bytes - CHUNK_HEADER_BYTES
+    )
+
+
+class ChunkFill:
+    """How full one chunk is, counted on the memories' real bytes (their :func:`chunk_line`).
+
+    The one rule for "does the next memory fit": the API decides one file or chunks with it, and the
+    chunk writer closes a chunk with it, so a batch is one file exactly when its memories fit one chunk.
+    A chunk holds at most ``batch_chunk_memories`` memories and ``batch_chunk_max_bytes`` of JSON, its
+    header line counted as :data:`CHUNK_HEADER_BYTES`; a one-file batch of the same memories is no bigger
+    (one JSON list instead of lines). gzip grows JSON by a few bytes per 16 KiB at most, so the default
+    16 MiB chunk uploads under Parse's default 20 MB limit and inflates far below the worker's limit.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._max_memories = settings.batch_chunk_memories
+        self._max_bytes = settings.batch_chunk_max_bytes
+        self.count = 0
+        self.bytes = CHUNK_HEADER_BYTES
+
+    def fits(self, line_bytes: int) -> bool:
+        return self.count < self._max_memories and self.bytes + line_bytes <= self._max_bytes
+
+    def add(self, line_bytes: int) -> None:
+        self.count += 1
+        self.bytes += line_bytes
+
+
+def fits_one_chunk(memories: Iterable[Mapping[str, Any]], settings: Settings) -> bool:
+    """Whether these memories (plain JSON-able dicts) are stored as one file: they fit one chunk."""
+    fill = ChunkFill(settings)
+    for memory in memories:
+        line_bytes = len(chunk_line(memory))
+        if not fill.fits(line_bytes):
+            return False
+        fill.add(line_bytes)
+    return True
+
+
 class ChunkedBatchWriter:
     """Encodes the memories of a big batch into chunk files as they arrive and uploads each full one.
 
-    A chunk closes at ``batch_chunk_memories`` memories or before its JSON passes
-    ``batch_chunk_max_bytes``, so every chunk file stays under Parse's upload limit (gzip never
-    grows data by more than a few bytes per 16 KiB). Holds the chunk being filled (compressed) and
-    at most one being uploaded.
+    A chunk closes when the next memory does not fit it (:class:`ChunkFill`), so every chunk file
+    stays under Parse's upload limit. Holds the chunk being filled (compressed) and at most one being
+    uploaded.
     """
 
     def __init__(self, client: ParseClient, settings: Settings, batch_id: str) -> None:
@@ -136,24 +187,31 @@ class ChunkedBatchWriter:
         self._batch_id = batch_id
         self.uploads = ChunkUploads(client, batch_id)
         self._encoder: ChunkEncoder | None = None
+        self._fill = ChunkFill(settings)
         self._next_index = 0
 
     async def add(self, memory: Mapping[str, Any]) -> None:
-        line = chunk_line(memory)
-        encoder = self._encoder
-        if encoder is not None and (
-            encoder.count >= self._settings.batch_chunk_memories
-            or encoder.raw_size + len(line) > self._settings.batch_chunk_max_bytes
-        ):
+        await self.add_line(chunk_line(memory))
+
+    async def add_line(self, line: bytes) -> None:
+        """Add one memory already encoded by :func:`~toolkit.parse.codec.chunk_line`."""
+        if not self._fill.fits(len(line)):
             await self._close()
-            encoder = None
-        if encoder is None:
+        if self._encoder is None:
+            if not self._fill.fits(len(line)):
+                # The API refuses such a memory first (max_memory_bytes); this guards other callers.
+                raise CodecError(
+                    f"memory {self._next_index} is {len(line):,} bytes of JSON; a chunk holds at most "
+                    f"{self._settings.batch_chunk_max_bytes - CHUNK_HEADER_BYTES:,}"
+                )
             header = ChunkHeader(self._batch_id, self.uploads.started, self._next_index)
-            encoder = self._encoder = ChunkEncoder(header, level=self._settings.gzip_level)
-        encoder.add_line(line)
+            self._encoder = ChunkEncoder(header, level=self._settings.gzip_level)
+        self._encoder.add_line(line)
+        self._fill.add(len(line))
         self._next_index += 1
 
     async def _close(self) -> None:
+        self._fill = ChunkFill(self._settings)
         if self._encoder is not None and self._encoder.count:
             encoder, self._encoder = self._encoder, None
             await self.uploads.add(encoder.finish(), encoder.count)
@@ -225,20 +283,6 @@ async def create_chunked_batch_memory_request(
             return existing
         raise
     return str(created["objectId"])
-
-
-# A memory's JSON estimated from its content plus a framing allowance (fields, quotes, escapes): good
-# enough for a cap, and known without encoding anything.
-CHUNK_FRAMING_ALLOWANCE = 256
-
-
-def memory_json_estimate(content: str) -> int:
-    return len(content) + CHUNK_FRAMING_ALLOWANCE
-
-
-def exceeds_one_chunk(memories: int, json_estimate: int, settings: Settings) -> bool:
-    """Whether a batch this big (count, estimated JSON bytes) is stored as chunk files, not one file."""
-    return memories > settings.batch_chunk_memories or json_estimate > settings.batch_chunk_max_bytes
 
 
 @dataclass(frozen=True)

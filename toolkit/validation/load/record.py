@@ -23,7 +23,8 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -267,3 +268,73 @@ def run_scenario(
     if check and (done.returncode != 0 or run_dir is None):
         raise LoadRunFailed(done.returncode, done.stdout, run_dir)
     return ScenarioRun(done.returncode, run_dir, done.stdout)
+
+
+# ---- the plan's scenarios on both paths, side by side (notebook 06 in `make run`) ----------------------
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    """One Locust run: a scenario on one path, with the options that size it."""
+
+    scenario: str
+    path: str
+    options: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.scenario} on the {self.path} path"
+
+
+def side_by_side_specs(
+    scenarios: Sequence[str],
+    paths: Sequence[str],
+    *,
+    concurrent_users: int,
+    concurrent_batch_size: int,
+    large_batch_size: int,
+    workload: str,
+    webhooks: bool,
+) -> list[ScenarioSpec]:
+    """Each of ``scenarios`` (``concurrent``, ``large``) on each of ``paths``, sized as given (the plan:
+    10 users × 100 memories, one batch of 500)."""
+    sizes = {
+        "concurrent": ("-u", str(concurrent_users), "--batch-size", str(concurrent_batch_size)),
+        "large": ("--batch-size", str(large_batch_size)),
+    }
+    unknown = sorted(set(scenarios) - set(sizes))
+    if unknown:
+        raise ValueError(f"side by side runs only concurrent and large, not {unknown}")
+    common = ("--workload", workload, *(("--webhooks",) if webhooks else ()))
+    return [
+        ScenarioSpec(scenario, path, (*sizes[scenario], "--path", path, *common))
+        for scenario in scenarios
+        for path in paths
+    ]
+
+
+def run_scenarios(
+    specs: Sequence[ScenarioSpec],
+    report_root: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 900.0,
+    log: Callable[[str], None] | None = None,
+) -> list[ScenarioRun]:
+    """Run each spec in turn (each Locust in its own process). A run with failed batches is kept, not
+    raised: the report judges it. One that recorded nothing raises :class:`LoadRunFailed`."""
+    done = []
+    for number, spec in enumerate(specs, start=1):
+        if log is not None:
+            log(f"[{number}/{len(specs)}] {spec.label}: locust {' '.join(spec.options)} ...")
+        started = time.perf_counter()
+        run = run_scenario(
+            spec.scenario, report_root, *spec.options, env=env, timeout_s=timeout_s, check=False
+        )
+        if run.run_dir is None:
+            raise LoadRunFailed(run.returncode, run.output, None)
+        if log is not None:
+            outcome = "every batch completed" if run.returncode == 0 else f"locust exited {run.returncode}"
+            log(f"[{number}/{len(specs)}] {spec.label}: {outcome} in {time.perf_counter() - started:.0f} s")
+        done.append(run)
+    return done

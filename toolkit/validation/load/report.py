@@ -349,8 +349,79 @@ def verdicts(run: LoadRun) -> list[str]:
             slope = part.slope_mb_per_h
             lines.append(f"Memory: {part.part} grew {slope:+.1f} MB/h after warm-up (a leak suspect).")
     machine = run.info.get("machine") or {}
+    load = (machine.get("load_average") or [None])[0]
     lines.append(
         f"Measured on {machine.get('cpus', '?')} CPUs (load average at start "
-        f"{(machine.get('load_average') or ['?'])[0]}), {run.workload} workload."
+        f"{'?' if load is None else f'{load:.1f}'}), {run.workload} workload."
     )
     return lines
+
+
+# ---- several runs side by side (the plan's scenarios on both paths) ----------------------------------
+
+
+def latest_runs(root: Path, scenarios: list[str], paths: list[str]) -> list[Path]:
+    """The latest recorded run of each scenario on each path (those that exist)."""
+    found = []
+    for scenario in scenarios:
+        for path in paths:
+            runs = [p for p in run_dirs(root, scenario) if load_run(p).info["plan"]["path"] == path]
+            if runs:
+                found.append(runs[-1])
+    return found
+
+
+def _path(run: LoadRun) -> str:
+    return str(run.info["plan"]["path"])
+
+
+def side_by_side(runs: list[LoadRun]) -> pd.DataFrame:
+    """One row per scenario and gate, one column pair (measured, passed) per path: the plan's gates for
+    every run, read across."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for run in runs:
+        for gate in gates(run).itertuples():
+            row = rows.setdefault((run.scenario, gate.gate), {"scenario": run.scenario, "gate": gate.gate})
+            row["target"] = gate.target
+            row[f"{_path(run)} measured"] = gate.measured
+            row[f"{_path(run)} passed"] = bool(gate.passed)
+    return pd.DataFrame(list(rows.values()))
+
+
+def run_summary(run: LoadRun) -> dict[str, Any]:
+    """A run's headline figures, for a notebook's recorded summary and the reports index."""
+    b = run.batches
+    table = gates(run)
+    e2e = b["end_to_end_s"] if len(b) else pd.Series(dtype="float64")
+    bad = table[~table["passed"]]
+    return {
+        "scenario": run.scenario,
+        "path": _path(run),
+        "workload": run.workload,
+        "batches": len(b),
+        "completed": int(b["ok"].sum()) if len(b) else 0,
+        "memories_per_batch": int(run.info["plan"].get("batch_size") or 0),
+        "mean_s": round(float(e2e.mean()), 2) if len(e2e) else None,
+        "p95_s": round(float(e2e.quantile(0.95)), 2) if len(e2e) else None,
+        "max_s": round(float(e2e.max()), 2) if len(e2e) else None,
+        "gates_passed": bool(len(table)) and bad.empty,
+        "verdict": "every gate passed"
+        if bad.empty
+        else "; ".join(f"FAILED {r.gate}: {r.measured}, target {r.target}" for r in bad.itertuples()),
+        "run_dir": run.path.name,
+    }
+
+
+def load_gate_failures(runs: list[LoadRun], *, gated_path: str = "reference") -> list[str]:
+    """What the notebook's gate refuses: a run in which not every batch completed (either path: a
+    baseline that loses batches is no baseline), and any of the plan's gates missed on ``gated_path``
+    (the legacy path is the measured baseline; its misses are reported, not gated)."""
+    failures = []
+    for run in runs:
+        label = f"{run.scenario} on the {_path(run)} path ({run.path.name})"
+        for gate in gates(run).itertuples():
+            if gate.passed:
+                continue
+            if gate.gate == "every batch completed" or _path(run) == gated_path:
+                failures.append(f"{label}: {gate.gate} {gate.measured}, target {gate.target}")
+    return failures

@@ -47,7 +47,12 @@ from toolkit.validation.metrics._monitoring import (
     per_period,
     running_legacy_workflows,
 )
-from toolkit.validation.metrics._storage import DAILY_TARGET_BYTES, StorageAccount, storage_account
+from toolkit.validation.metrics._storage import (
+    DAILY_TARGET_BYTES,
+    StorageAccount,
+    storage_account,
+    storage_days_over,
+)
 from toolkit.validation.metrics._sweep import (
     PAYLOAD_TARGETS,
     payload_gate_failures,
@@ -90,4 +95,5 @@ __all__ = [
     "run_sweep",
     "running_legacy_workflows",
     "storage_account",
+    "storage_days_over",
 ]

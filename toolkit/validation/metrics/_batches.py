@@ -43,6 +43,9 @@ BATCH_COLUMNS: tuple[str, ...] = (
     "raw_bytes",
     "compressed_bytes",
     "compression_ratio",
+    # Chunk files the batch was stored as (1 for one file; legacy batches have none: 1 too). Its
+    # history grows by one activity per chunk, so the canary's history budget is per chunk.
+    "chunks",
     "workflow_id",
     "workflow_type",
     "input_bytes",
@@ -61,6 +64,7 @@ _INT_COLUMNS = (
     "processing_ms",
     "raw_bytes",
     "compressed_bytes",
+    "chunks",
     "input_bytes",
     "history_bytes",
     "history_events",
@@ -161,6 +165,7 @@ def _row(obj: Mapping[str, Any]) -> dict[str, Any]:
         "raw_bytes": _number(metadata.get("total_size_bytes")),
         "compressed_bytes": _number(metadata.get("compressed_size_bytes")),
         "compression_ratio": float(ratio) if isinstance(ratio, int | float) else None,
+        "chunks": _number(metadata.get("total_chunks")) or 1,
         "workflow_id": obj.get("workflowId"),
         "workflow_type": None,
         "input_bytes": None,

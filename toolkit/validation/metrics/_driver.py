@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
@@ -148,8 +148,10 @@ async def run_driver_sweep(
     workload: str = "chitchat",
     threshold: int | None = None,
     timeout: timedelta = timedelta(minutes=10),
+    log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """The legacy path with the driver on, one batch per size, in order; one row per size.
+    """The legacy path with the driver on, one batch per size, in order; one row per size (``log``: a
+    line as each size starts).
 
     ``threshold`` (bytes) defaults to the settings' ``TEMPORAL_EXTERNAL_STORAGE_THRESHOLD``. The batches
     run on the worker(s) of ``settings.temporal_task_queue``. A size whose run raises (timeout, a
@@ -158,6 +160,8 @@ async def run_driver_sweep(
     """
     rows = []
     for memories in sizes:
+        if log is not None:
+            log(f"legacy path with external storage: {memories:,} {workload} memories ...")
         try:
             figures = await measure_legacy_with_driver(
                 settings, memories, workload=workload, threshold=threshold, timeout=timeout

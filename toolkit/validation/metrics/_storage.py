@@ -23,7 +23,7 @@ from toolkit.parse.cleanup import cleanup_finished_files
 from toolkit.parse.schema import BATCH_MEMORY_REQUEST
 from toolkit.settings import Settings
 
-__all__ = ["DAILY_TARGET_BYTES", "StorageAccount", "storage_account"]
+__all__ = ["DAILY_TARGET_BYTES", "StorageAccount", "storage_account", "storage_days_over"]
 
 DAILY_TARGET_BYTES = 1_000_000_000  # the plan's "< 1 GB/day"
 _PAGE = 100
@@ -93,6 +93,15 @@ def _per_day(batches: pd.DataFrame, target: int) -> pd.DataFrame:
     table["compressed_bytes"] = table.compressed_bytes.astype("int64")
     table["over_target"] = table.compressed_bytes >= target
     return table
+
+
+def storage_days_over(per_day: pd.DataFrame) -> list[str]:
+    """The days of :attr:`StorageAccount.per_day` at or over its target, in words (the notebook's gate)."""
+    over = per_day[per_day["over_target"].astype(bool)] if len(per_day) else per_day
+    return [
+        f"{pd.Timestamp(row.day):%Y-%m-%d}: {int(row.compressed_bytes):,} B in {int(row.batches)} batch files"
+        for row in over.itertuples()
+    ]
 
 
 async def storage_account(

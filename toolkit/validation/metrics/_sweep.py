@@ -8,7 +8,7 @@ its ``error``, not a crash: that refusal is one of the results.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 
 import pandas as pd
@@ -38,9 +38,14 @@ async def run_sweep(
     *,
     workload: str = "chitchat",
     paths: Sequence[str] = ("reference", "legacy"),
+    log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """Run :func:`~toolkit.validation.perf.bench.run_bench` quietly; one row per (size, path) and baseline."""
-    rows = await run_bench(settings, sizes=sizes, workload=workload, paths=paths, echo=lambda _line: None)
+    """Run :func:`~toolkit.validation.perf.bench.run_bench`; one row per (size, path) and baseline.
+
+    ``log`` gets the bench's line for each row as it is measured (a notebook cell's progress)."""
+    rows = await run_bench(
+        settings, sizes=sizes, workload=workload, paths=paths, echo=log or (lambda _line: None)
+    )
     columns = [f.name for f in fields(BenchRow)]
     return pd.DataFrame([asdict(r) for r in rows], columns=columns)
 
