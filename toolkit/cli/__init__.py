@@ -7,7 +7,6 @@ modules it calls neither print nor read ``argv``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence

@@ -41,7 +41,13 @@ from toolkit.parse.errors import ParseUnavailable
 from toolkit.temporal.batch_types import Checkpoint
 from toolkit.temporal.failure_text import OUTAGE_TOO_LONG
 
-__all__ = ["FIRST_BEAT_AFTER_S", "HEARTBEAT_EVERY_S", "OUTAGE_TOO_LONG", "ActivityHeartbeat", "outlast_outages"]
+__all__ = [
+    "FIRST_BEAT_AFTER_S",
+    "HEARTBEAT_EVERY_S",
+    "OUTAGE_TOO_LONG",
+    "ActivityHeartbeat",
+    "outlast_outages",
+]
 
 log = logging.getLogger(__name__)
 
