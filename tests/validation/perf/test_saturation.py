@@ -12,7 +12,9 @@ import asyncio
 
 import httpx
 import pytest
+from temporalio.client import Client
 
+from tests.fixtures.worker_process import wait_until
 from toolkit import stack
 from toolkit.cli.saturation import saturation_command
 from toolkit.parse import ParseClient
@@ -29,6 +31,8 @@ from toolkit.validation.perf.saturation import (
 )
 
 PROBE_CLASS = "SaturationCountProbe"  # no such class: nothing else ever asks Parse for it
+# Bounds a hang only: settling takes a few seconds (a close, then 1.5 s of quiet).
+SETTLE_BOUND_S = 120.0
 
 
 def _row(path: str, rate: float, wait: str = "poll") -> SaturationRow:
@@ -138,6 +142,44 @@ async def test_parse_counts_every_request_it_answers_and_every_batch_sub_request
     assert counted.parse_requests[f"POST batch/{PROBE_CLASS}"] == 1
     assert counted.parse_batch_subrequests[f"GET classes/{PROBE_CLASS}"] == 3
     assert counted.parse_error_answers == 1
+
+
+async def test_settled_counts_keep_the_mark_of_the_reading_that_first_counted_the_close(
+    settings: Settings, temporal: Client, unique: str
+) -> None:
+    # The CPU of a round is marked with the reading its counts end at: one that counted the round's
+    # workflows closed, never one taken before they closed (the client's end, the closing work missed).
+    readings = 0
+
+    def mark() -> int:
+        nonlocal readings
+        readings += 1
+        return readings
+
+    async def waiting_for_the_close() -> bool:
+        return readings >= 2
+
+    async with httpx.AsyncClient() as http:
+        quiet = await server_counts.read_settled(http, settings, mark=lambda: None)
+        settling = asyncio.create_task(
+            server_counts.read_settled(
+                http,
+                settings,
+                mark=mark,
+                max_s=SETTLE_BOUND_S,
+                closed_at_least=quiet.counts.temporal_workflows_closed + 1,
+            )
+        )
+        await wait_until(waiting_for_the_close, SETTLE_BOUND_S, "two readings before the close")
+        read_before_the_close = readings
+        # A workflow nothing polls for, closed at once: a close the test decides the moment of.
+        handle = await temporal.start_workflow(
+            "SaturationSettleProbe", id=f"settle-probe-{unique}", task_queue=f"unpolled-{unique}"
+        )
+        await handle.terminate(reason="test: a close for the settling to wait for")
+        settled = await settling
+    assert settled.counts.temporal_workflows_closed >= quiet.counts.temporal_workflows_closed + 1
+    assert settled.mark > read_before_the_close, (settled.mark, read_before_the_close)
 
 
 async def test_a_tiny_saturation_run_counts_every_batch_and_the_requests_it_made(settings: Settings) -> None:

@@ -202,13 +202,15 @@ def attach_ratios(rows: Sequence[SaturationRow]) -> list[SaturationRow]:
 # ---- what one round measures -------------------------------------------------------------------------
 @dataclass
 class _Window:
-    """CPU and machine load over a round (start → the client saw its last batch finish), and the server
-    counters over the round and its tail.
+    """CPU, machine load and the server counters over one span: from the round's start until the servers
+    have counted every workflow of the round closed.
 
-    The counters are read once the servers' work has settled (:func:`server_counts.read_settled`): a
-    batch's last workflow task runs after the client saw the batch finish, and belongs to its cost. CPU
-    stops with the client's clock, so the idle seconds of settling (Temporal's own timers, the pollers)
-    are not charged to the batches.
+    A batch's closing work (its workflow's final task, the in-flight slot given back, PostgreSQL's
+    writes) runs after the client saw the batch finish and belongs to its cost, in the CPU as in the
+    counts. Both end at the same reading of the servers' counters (:func:`server_counts.read_settled`):
+    the first with every workflow of the round counted closed and the work as it then stays. The quiet
+    seconds that confirm it are not charged to the batches. The round's wall-clock time (its memories/s)
+    stays the one the client saw.
     """
 
     watched: dict[str, int]
@@ -220,19 +222,25 @@ class _Window:
     busy: float | None = None
     counts: server_counts.ServerCounts = field(default_factory=server_counts.ServerCounts)
 
+    def _sample(self) -> tuple[list[procstats.ProcSample], tuple[float, float] | None]:
+        return procstats.sample(self.watched, alone=CLIENT_ALONE), procstats.machine_cpu_seconds()
+
     @asynccontextmanager
     async def measure(self) -> AsyncIterator[None]:
-        before = await server_counts.read_settled(self.http, self.settings, unless_equal_to=self.previous)
-        cpu_before = procstats.sample(self.watched, alone=CLIENT_ALONE)
-        machine_before = procstats.machine_cpu_seconds()
-        yield
-        cpu_after = procstats.sample(self.watched, alone=CLIENT_ALONE)
-        machine_after = procstats.machine_cpu_seconds()
-        after = await server_counts.read_settled(
-            self.http, self.settings, closed_at_least=before.temporal_workflows_closed + self.workflows
+        before = await server_counts.read_settled(
+            self.http, self.settings, mark=lambda: None, unless_equal_to=self.previous
         )
-        self.previous = after
-        self.counts = server_counts.delta(before, after)
+        cpu_before, machine_before = self._sample()
+        yield
+        after = await server_counts.read_settled(
+            self.http,
+            self.settings,
+            mark=self._sample,
+            closed_at_least=before.counts.temporal_workflows_closed + self.workflows,
+        )
+        cpu_after, machine_after = after.mark
+        self.previous = after.counts
+        self.counts = server_counts.delta(before.counts, after.counts)
         self.cpu = procstats.cpu_delta(cpu_before, cpu_after)
         if machine_before and machine_after and machine_after[1] > machine_before[1]:
             # Rounded: both sides are sums of clock ticks turned into floats, and a fully busy machine
