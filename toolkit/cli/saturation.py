@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from toolkit.parse.errors import ParseError
 from toolkit.settings import Settings
 from toolkit.validation.perf import profile
 from toolkit.validation.perf.saturation import (
@@ -26,6 +27,7 @@ from toolkit.validation.perf.saturation import (
 )
 from toolkit.validation.perf.server_counts import CountsUnavailable
 from toolkit.validation.perf.variants import RunningVariant, VariantError
+from toolkit.validation.traffic import NotEnoughUsers
 
 
 def add_parser(sub: Any, func: Callable[[argparse.Namespace, Settings], int]) -> None:
@@ -127,8 +129,15 @@ def saturation_command(args: argparse.Namespace, settings: Settings) -> int:
     print(format_header())
     try:
         rows = asyncio.run(measure_saturation(settings, plan, echo=print, around_path_round=around))
-    except (SaturationError, CountsUnavailable, VariantError, profile.ProfilerUnavailable) as exc:
-        print(f"saturation not measured: {exc}")
+    except (
+        SaturationError,
+        CountsUnavailable,
+        VariantError,
+        profile.ProfilerUnavailable,
+        NotEnoughUsers,
+        ParseError,
+    ) as exc:
+        print(f"saturation not measured: {type(exc).__name__}: {' '.join(str(exc).split())}")
         return 1
     print("-- the same rows, every round:")
     print(format_header())

@@ -19,16 +19,21 @@ from toolkit import stack
 from toolkit.cli.saturation import saturation_command
 from toolkit.parse import ParseClient
 from toolkit.parse.errors import ObjectNotFound
+from toolkit.parse.users import ParseUser
 from toolkit.rollout import read_flags
-from toolkit.settings import Settings
+from toolkit.settings import Settings, load_settings
+from toolkit.testing.ports import free_port
 from toolkit.timing import collect, parse_counts, span
 from toolkit.validation.perf import server_counts
 from toolkit.validation.perf.saturation import (
     SaturationPlan,
     SaturationRow,
+    _Run,
+    _Webhooks,
     attach_ratios,
     measure_saturation,
 )
+from toolkit.validation.workloads import make_memories
 
 PROBE_CLASS = "SaturationCountProbe"  # no such class: nothing else ever asks Parse for it
 # Bounds a hang only: settling takes a few seconds (a close, then 1.5 s of quiet).
@@ -119,6 +124,33 @@ def test_saturation_command_refuses_bad_arguments_before_starting_anything(
         assert saturation_command(argparse.Namespace(**(base | change)), settings) == 2
     out = capsys.readouterr().out
     assert "concurrency levels must be 1..64" in out and "--profile-rate takes 1-1000, got 0" in out
+
+
+async def test_a_transport_error_is_the_outcome_of_its_batch_not_the_end_of_the_run() -> None:
+    # A real fault: the API's address is a port nobody listens on, so the submit's connection is refused.
+    settings = load_settings()
+    user = ParseUser("saturationUser", "saturation-user", "r:a-session-token-never-shown")
+    memories = make_memories("synthetic", 2)
+    async with (
+        ParseClient(settings) as parse,
+        httpx.AsyncClient() as scrape,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_port()}") as api,
+    ):
+        run = _Run(
+            SaturationPlan(paths=("reference",), webhook_paths=(), memories_per_batch=2),
+            settings,
+            parse,
+            scrape,
+            api,
+            {"reference": [user]},
+            _Webhooks(asyncio.get_running_loop()),
+            {},
+            memories,
+        )
+        outcome = await run.one_batch(user, "reference", wait="poll")
+    assert (outcome.batch_id, outcome.status, outcome.successful, outcome.polls) == (None, "error", 0, 0)
+    # The error's type only: the request it failed on held the memories and the session token.
+    assert outcome.error == "submit failed: ConnectError"
 
 
 async def test_parse_counts_every_request_it_answers_and_every_batch_sub_request(

@@ -131,7 +131,7 @@ class BatchOutcome:
 
     batch_id: str | None
     storage: str | None
-    status: str  # the final status, or "refused" / "timeout"
+    status: str  # the final status, or "refused" / "timeout" / "error" (a transport error)
     successful: int
     polls: int  # status requests this client made for it
     # Round trips the API reported (Server-Timing counts) answering this batch's submit and polls:
@@ -359,7 +359,11 @@ class _Run:
     async def warm_up(self) -> None:
         """One batch per path, unmeasured: imports, connections and caches of a fresh API and worker."""
         for path in dict.fromkeys((*self.plan.paths, *self.plan.webhook_paths)):
-            await self.one_batch(self.users[path][0], path, wait="poll")
+            outcome = await self.one_batch(self.users[path][0], path, wait="poll")
+            if outcome.status != "completed":
+                raise SaturationError(
+                    f"the warm-up batch on the {path} path ended {outcome.status}: {outcome.error}"
+                )
 
     async def round(self, round_: Round) -> SaturationRow:
         window = _Window(self.watched, self.scrape, self.settings, previous=self.counts)
@@ -407,11 +411,17 @@ class _Run:
         received_before = self.webhooks.received
         async with window.measure():
             started = time.perf_counter()
-            per_user = await asyncio.gather(
-                *(submitter(u) for u in self.users[round_.kind][: round_.submitters])
-            )
+            # A submitter that raises (a batch put on the wrong path) cancels the others before the
+            # error leaves the round: none keeps submitting into the next round or past the run's end.
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [
+                        group.create_task(submitter(u)) for u in self.users[round_.kind][: round_.submitters]
+                    ]
+            except ExceptionGroup as failed:
+                raise failed.exceptions[0] from None
             seconds = time.perf_counter() - started
-            outcomes = [o for batch in per_user for o in batch]
+            outcomes = [o for task in tasks for o in task.result()]
             window.workflows = sum(1 for o in outcomes if o.batch_id is not None)
         return _row(
             round_,
@@ -425,12 +435,20 @@ class _Run:
         )
 
     async def one_batch(self, user: ParseUser, path: str, *, wait: str) -> BatchOutcome:
-        """Submit one batch as ``user`` and wait until it is final (polling, or for its webhook)."""
+        """Submit one batch as ``user`` and wait until it is final (polling, or for its webhook).
+
+        A transport error (the API unreachable, a connection reset, a read timeout) ends this batch's
+        wait with the error's type as its outcome; the round goes on with the other batches.
+        """
         headers = {"X-Parse-Session-Token": user.session_token}
         body: dict[str, Any] = {"memories": self.memories}
         if wait == "webhook":
             body |= {"webhook_url": self.webhooks.receiver.url(), "webhook_secret": self.webhooks.secret}
-        answer = await self.api.post("/v1/memory/batch", json=body, headers=headers)
+        try:
+            answer = await self.api.post("/v1/memory/batch", json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            # The type only: the request it failed on holds the memories and the session token.
+            return BatchOutcome(None, None, "error", 0, 0, error=f"submit failed: {type(exc).__name__}")
         spans = Counter(parse_counts(answer.headers.get(HEADER, "")))
         if answer.status_code != 202:
             error = f"submit answered {answer.status_code}"
@@ -453,7 +471,11 @@ class _Run:
             final = {"status": "timeout", "successful": 0}
             while time.monotonic() < deadline:
                 await asyncio.sleep(self.plan.poll_interval_s)
-                status = await self.api.get(f"/v1/batch/{batch_id}/status", headers=headers)
+                try:
+                    status = await self.api.get(f"/v1/batch/{batch_id}/status", headers=headers)
+                except httpx.HTTPError as exc:
+                    error = f"status poll failed: {type(exc).__name__}"
+                    return BatchOutcome(batch_id, path, "error", 0, polls, spans, error)
                 polls += 1
                 spans += Counter(parse_counts(status.headers.get(HEADER, "")))
                 if status.status_code == 200 and status.json()["status"] in FINISHED_STATUSES:
