@@ -16,18 +16,39 @@ from toolkit.parse.errors import ParseError
 from toolkit.settings import Settings
 from toolkit.validation.perf import profile
 from toolkit.validation.perf.saturation import (
+    MAX_BATCHES_PER_SUBMITTER,
     MAX_SUBMITTERS,
+    PlanError,
     Round,
     SaturationError,
     SaturationPlan,
+    check_batch_size,
     format_counts,
     format_header,
     format_row,
     measure_saturation,
 )
+from toolkit.validation.perf.scale_out import MAX_WORKERS
 from toolkit.validation.perf.server_counts import CountsUnavailable
 from toolkit.validation.perf.variants import RunningVariant, VariantError
 from toolkit.validation.traffic import NotEnoughUsers
+
+# The plan's fields by the options that set them, so an error names what the user typed.
+OPTIONS = {
+    "concurrency": "--concurrency",
+    "paths": "--paths",
+    "webhook_paths": "--webhook-paths",
+    "batches_per_submitter": "--batches",
+    "memories_per_batch": "--memories",
+    "poll_interval_s": "--poll-interval",
+    "workers": "--workers",
+    "memories_per_round": "the highest --concurrency × --batches × --memories",
+}
+
+
+def _shown(value: object) -> str:
+    """A refused value as it was typed: ``nan``, ``0``, ``-1.5``, ``reference other``."""
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def add_parser(sub: Any, func: Callable[[argparse.Namespace, Settings], int]) -> None:
@@ -43,11 +64,17 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace, Settings], int]) ->
         help=f"submitters per round (1-{MAX_SUBMITTERS})",
     )
     p.add_argument(
-        "--batches", type=int, default=3, help="batches each submitter sends back to back per round"
+        "--batches",
+        type=int,
+        default=3,
+        help=f"batches each submitter sends back to back per round (1-{MAX_BATCHES_PER_SUBMITTER})",
     )
-    p.add_argument("--memories", type=int, default=100, help="memories per batch")
+    p.add_argument("--memories", type=int, default=100, help="memories per batch (1-MAX_BATCH_MEMORIES)")
     p.add_argument(
-        "--poll-interval", type=float, default=0.25, help="seconds between status polls of a batch"
+        "--poll-interval",
+        type=float,
+        default=0.25,
+        help=f"seconds between status polls of a batch (above 0, at most {SaturationPlan.batch_timeout_s:g})",
     )
     p.add_argument("--paths", nargs="+", choices=["reference", "legacy"], default=["reference", "legacy"])
     p.add_argument(
@@ -57,7 +84,7 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace, Settings], int]) ->
         default=["reference"],
         help="paths measured once more at the highest concurrency, waiting for webhooks instead of polling",
     )
-    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--workers", type=int, default=1, help=f"worker processes (1-{MAX_WORKERS})")
     p.add_argument("--workload", choices=["chitchat", "synthetic"], default="chitchat")
     p.add_argument(
         "--profile",
@@ -91,6 +118,7 @@ def _profiler(
 
 def saturation_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
+        check_batch_size(args.memories, settings)
         plan = SaturationPlan(
             concurrency=tuple(args.concurrency),
             paths=tuple(args.paths),
@@ -101,8 +129,8 @@ def saturation_command(args: argparse.Namespace, settings: Settings) -> int:
             workload=args.workload,
             workers=args.workers,
         )
-    except ValueError as exc:
-        print(f"saturation: {exc}")
+    except PlanError as exc:
+        print(f"saturation: {OPTIONS.get(exc.name, exc.name)} takes {exc.allowed}, got {_shown(exc.value)}")
         return 2
     summaries: list[profile.Profile] = []
     around = None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import math
 
 import httpx
 import pytest
@@ -106,24 +108,38 @@ def test_server_timing_counts_each_round_trip() -> None:
     assert "parse.GET.classes;dur=" in header and ";count=3" in header and "temporal.start;dur=" in header
 
 
-def test_saturation_command_refuses_bad_arguments_before_starting_anything(
-    settings: Settings, capsys, tmp_path
-) -> None:
+def test_saturation_command_refuses_bad_arguments_before_starting_anything(capsys, tmp_path) -> None:
+    # No stack needed: each is refused before anything starts (a check let through would try to measure).
+    settings = dataclasses.replace(load_settings(), max_batch_memories=1000)
     base = dict(
         concurrency=[1], batches=1, memories=10, poll_interval=0.25, paths=["reference"], webhook_paths=[],
         workers=1, workload="synthetic", profile=None, profile_rate=100, json=False,
     )  # fmt: skip
-    bad_profile = {"profile": str(tmp_path), "profile_rate": 0}
-    for change in (
-        {"concurrency": [0]},
-        {"concurrency": [65]},
-        {"batches": 0},
-        {"poll_interval": 0.0},
-        bad_profile,
-    ):
-        assert saturation_command(argparse.Namespace(**(base | change)), settings) == 2
-    out = capsys.readouterr().out
-    assert "concurrency levels must be 1..64" in out and "--profile-rate takes 1-1000, got 0" in out
+    poll = "--poll-interval takes a number of seconds above 0 and at most 600, got"
+    refused = {
+        "--concurrency takes 1-64, got 0": {"concurrency": [1, 0]},
+        "--concurrency takes 1-64, got 65": {"concurrency": [65]},
+        "--batches takes 1-100, got 0": {"batches": 0},
+        "--batches takes 1-100, got -2": {"batches": -2},
+        "--batches takes 1-100, got 101": {"batches": 101},
+        "--memories takes 1-1,000, got 0": {"memories": 0},
+        "--memories takes 1-1,000, got 1001": {"memories": 1001},  # over the API's MAX_BATCH_MEMORIES
+        "--workers takes 1-8, got 0": {"workers": 0},
+        "--workers takes 1-8, got 9": {"workers": 9},
+        f"{poll} 0.0": {"poll_interval": 0.0},
+        f"{poll} -0.5": {"poll_interval": -0.5},
+        f"{poll} nan": {"poll_interval": math.nan},
+        f"{poll} inf": {"poll_interval": math.inf},
+        f"{poll} 601.0": {"poll_interval": 601.0},
+        # 64 × 100 × 1000 = 6,400,000 memories in the direct round, all held at once.
+        "the highest --concurrency × --batches × --memories takes 1-1,000,000, got 6400000": {
+            "concurrency": [64], "batches": 100, "memories": 1000,
+        },
+        "--profile-rate takes 1-1000, got 0": {"profile": str(tmp_path), "profile_rate": 0},
+    }  # fmt: skip
+    for message, change in refused.items():
+        assert saturation_command(argparse.Namespace(**(base | change)), settings) == 2, message
+        assert capsys.readouterr().out == f"saturation: {message}\n"
 
 
 async def test_a_transport_error_is_the_outcome_of_its_batch_not_the_end_of_the_run() -> None:

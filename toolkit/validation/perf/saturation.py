@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import secrets
 import time
@@ -46,6 +47,7 @@ from toolkit.rollout import RolloutFlags, choose_storage, read_flags, write_flag
 from toolkit.settings import Settings
 from toolkit.timing import HEADER, parse_counts
 from toolkit.validation.perf import procstats, server_counts
+from toolkit.validation.perf.scale_out import MAX_WORKERS
 from toolkit.validation.perf.variants import RunningVariant, Variant, running
 from toolkit.validation.traffic import prepare_users
 from toolkit.validation.webhook_receiver import ReceivedRequest, WebhookReceiver
@@ -57,6 +59,11 @@ DIRECT = "direct"
 # The processes whose CPU is summed as "the servers" (the client is this measuring process).
 SERVER_PARTS = ("api", "worker", "parse", "postgres", "temporal")
 MAX_SUBMITTERS = 64
+MAX_BATCHES_PER_SUBMITTER = 100
+# The direct round builds the memories of the highest level's batches in memory, all at once.
+MAX_MEMORIES_PER_ROUND = 1_000_000
+MAX_DIRECT_BATCH_SIZE = 100  # Parse's batchRequestLimit on the local stack (PARSE_BATCH_REQUEST_LIMIT)
+MAX_BATCH_TIMEOUT_S = 24 * 3600.0
 MAX_SIGNUPS = 2000
 # The stack's own servers watched for CPU; the API and worker(s) are the variant's.
 STACK_SERVERS = ("parse", "postgres", "temporal")
@@ -67,6 +74,26 @@ HTTP_TIMEOUT_S = 120.0
 
 class SaturationError(Exception):
     """The run cannot measure what it claims (a batch on the wrong path, a missing counter)."""
+
+
+class PlanError(ValueError):
+    """A value of the plan out of its range; ``name`` is the plan's field, ``value`` the value refused."""
+
+    def __init__(self, name: str, value: object, allowed: str) -> None:
+        super().__init__(f"{name} takes {allowed}, got {value!r}")
+        self.name = name
+        self.value = value
+        self.allowed = allowed
+
+
+def _check_range(name: str, value: int, low: int, high: int | None = None) -> None:
+    if value < low or (high is not None and value > high):
+        raise PlanError(name, value, f"{low:,} or more" if high is None else f"{low:,}-{high:,}")
+
+
+def _check_seconds(name: str, value: float, high: float) -> None:
+    if not (math.isfinite(value) and 0 < value <= high):
+        raise PlanError(name, value, f"a number of seconds above 0 and at most {high:g}")
 
 
 @dataclass(frozen=True)
@@ -85,18 +112,24 @@ class SaturationPlan:
     workers: int = 1
 
     def __post_init__(self) -> None:
-        if not self.concurrency or min(self.concurrency) < 1 or max(self.concurrency) > MAX_SUBMITTERS:
-            raise ValueError(f"concurrency levels must be 1..{MAX_SUBMITTERS}, got {list(self.concurrency)}")
-        if not self.paths or not set(self.paths) <= set(PATHS) or not set(self.webhook_paths) <= set(PATHS):
-            raise ValueError(
-                f"paths must be among {PATHS}, got {list(self.paths)} / {list(self.webhook_paths)}"
-            )
-        if self.batches_per_submitter < 1 or self.memories_per_batch < 1 or self.workers < 1:
-            raise ValueError("batches per submitter, memories per batch and workers must be at least 1")
-        if self.poll_interval_s <= 0 or self.direct_batch_size < 1 or self.direct_in_flight < 1:
-            raise ValueError(
-                "the poll interval, direct batch size and direct calls in flight must be positive"
-            )
+        for level in self.concurrency:
+            _check_range("concurrency", level, 1, MAX_SUBMITTERS)
+        if not self.concurrency:
+            raise PlanError("concurrency", [], f"one or more levels of 1-{MAX_SUBMITTERS}")
+        if not self.paths or not set(self.paths) <= set(PATHS):
+            raise PlanError("paths", list(self.paths), f"one or more of {', '.join(PATHS)}")
+        if not set(self.webhook_paths) <= set(PATHS):
+            raise PlanError("webhook_paths", list(self.webhook_paths), f"any of {', '.join(PATHS)}")
+        _check_range("batches_per_submitter", self.batches_per_submitter, 1, MAX_BATCHES_PER_SUBMITTER)
+        _check_range("memories_per_batch", self.memories_per_batch, 1)  # its maximum: check_batch_size
+        _check_range("workers", self.workers, 1, MAX_WORKERS)
+        _check_range("direct_batch_size", self.direct_batch_size, 1, MAX_DIRECT_BATCH_SIZE)
+        _check_range("direct_in_flight", self.direct_in_flight, 1, MAX_SUBMITTERS)
+        _check_seconds("batch_timeout_s", self.batch_timeout_s, MAX_BATCH_TIMEOUT_S)
+        _check_seconds("poll_interval_s", self.poll_interval_s, self.batch_timeout_s)
+        # The direct round holds all of a round's memories at once.
+        per_round = max(self.concurrency) * self.batches_per_submitter * self.memories_per_batch
+        _check_range("memories_per_round", per_round, 1, MAX_MEMORIES_PER_ROUND)
 
     def rounds(self) -> list[Round]:
         """The rounds in the order they run: per level a direct round, then each path; webhooks last."""
@@ -112,6 +145,11 @@ class SaturationPlan:
         """The canary percentage that puts users on every path of the plan."""
         wanted = set(self.paths) | set(self.webhook_paths)
         return 50 if wanted == set(PATHS) else 100 if wanted == {"reference"} else 0
+
+
+def check_batch_size(memories_per_batch: int, settings: Settings) -> None:
+    """Batches the API takes: 1 up to its ``MAX_BATCH_MEMORIES`` (larger ones would all be refused)."""
+    _check_range("memories_per_batch", memories_per_batch, 1, settings.max_batch_memories)
 
 
 @dataclass(frozen=True)
@@ -524,6 +562,7 @@ async def measure_saturation(
     unmeasured batch per path, and stopped at the end. ``around_path_round`` wraps each path round
     (e.g. :func:`toolkit.validation.perf.profile.profiling` of the variant's pids).
     """
+    check_batch_size(plan.memories_per_batch, settings)
     say = echo or (lambda line: None)
     spec = variant or Variant("saturation", workers=plan.workers)
     rows: list[SaturationRow] = []
