@@ -26,6 +26,7 @@ from toolkit.validation.perf.saturation import (
     format_counts,
     format_header,
     format_row,
+    format_warnings,
     measure_saturation,
 )
 from toolkit.validation.perf.scale_out import MAX_WORKERS
@@ -171,6 +172,8 @@ def saturation_command(args: argparse.Namespace, settings: Settings) -> int:
     print(format_header())
     for row in rows:
         print(format_row(row))
+        for line in format_warnings(row):
+            print(line)
     print("-- the requests behind them, per batch:")
     for row in rows:
         for line in format_counts(row):

@@ -33,7 +33,9 @@ from toolkit.validation.perf.saturation import (
     _Run,
     _Webhooks,
     attach_ratios,
+    format_warnings,
     measure_saturation,
+    settle_warnings,
 )
 from toolkit.validation.workloads import make_memories
 
@@ -226,8 +228,39 @@ async def test_settled_counts_keep_the_mark_of_the_reading_that_first_counted_th
         )
         await handle.terminate(reason="test: a close for the settling to wait for")
         settled = await settling
+    assert settled.settled
     assert settled.counts.temporal_workflows_closed >= quiet.counts.temporal_workflows_closed + 1
     assert settled.mark > read_before_the_close, (settled.mark, read_before_the_close)
+
+
+async def test_settling_that_never_sees_the_awaited_closes_gives_up_and_says_so(settings: Settings) -> None:
+    async with httpx.AsyncClient() as http:
+        now = await server_counts.read(http, settings)
+        # A million more closes than the server has counted: none of them can come within the second.
+        gave_up = await server_counts.read_settled(
+            http,
+            settings,
+            mark=lambda: None,
+            max_s=1.0,
+            closed_at_least=now.temporal_workflows_closed + 1_000_000,
+        )
+    assert gave_up.settled is False
+
+
+def test_a_round_whose_counts_may_not_be_whole_carries_a_warning_saying_why() -> None:
+    assert settle_warnings(settled_before=True, settled_after=True, closed=3, workflows=3) == ()
+    assert settle_warnings(settled_before=True, settled_after=True, closed=5, workflows=3) == ()
+    assert settle_warnings(settled_before=True, settled_after=False, closed=2, workflows=3) == (
+        "the servers' counts had not settled 30 s after the round: its counts and CPU may miss its last work",
+        "Temporal counted 2 of the round's 3 workflows closed: the closing work of the others is missing "
+        "from its counts and CPU",
+    )
+    assert settle_warnings(settled_before=False, settled_after=True, closed=0, workflows=0) == (
+        "the servers' counts were still moving 30 s after the round before: this round's counts and CPU "
+        "may hold some of its work",
+    )
+    row = dataclasses.replace(_row("reference", 100.0), warnings=("a warning",))
+    assert format_warnings(row) == ["   reference-poll-1: WARNING: a warning"]
 
 
 async def test_a_tiny_saturation_run_counts_every_batch_and_the_requests_it_made(settings: Settings) -> None:
@@ -261,7 +294,7 @@ async def test_a_tiny_saturation_run_counts_every_batch_and_the_requests_it_made
         assert row.machine_busy is not None and 0 <= row.machine_busy <= 1
         # Each memory once, through Parse's /batch (beside the in-flight slot transactions).
         assert row.parse_batch_subrequests["POST classes/Memory"] == 20
-        assert row.errors == ()
+        assert row.errors == () and row.warnings == ()
         # Temporal saw each batch's workflow close before the round's counts were read.
         assert row.workflows_closed == (0 if row.path == "direct" else 2)
 

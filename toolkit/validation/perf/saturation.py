@@ -209,6 +209,8 @@ class SaturationRow:
     machine_busy: float | None = None  # share of all cores busy during the round, whoever used them
     load_average: float | None = None  # the 1-minute load average at the round's end
     errors: tuple[str, ...] = ()
+    # Why the round's counts and CPU may not be whole (settling gave up, workflows not seen closed).
+    warnings: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -238,6 +240,29 @@ def attach_ratios(rows: Sequence[SaturationRow]) -> list[SaturationRow]:
 
 
 # ---- what one round measures -------------------------------------------------------------------------
+def settle_warnings(
+    *, settled_before: bool, settled_after: bool, closed: int, workflows: int
+) -> tuple[str, ...]:
+    """What a round's row must say when its counts and CPU may not hold all of its work, or only its own."""
+    warnings = []
+    if not settled_before:
+        warnings.append(
+            f"the servers' counts were still moving {server_counts.SETTLE_MAX_S:g} s after the round before: "
+            "this round's counts and CPU may hold some of its work"
+        )
+    if not settled_after:
+        warnings.append(
+            f"the servers' counts had not settled {server_counts.SETTLE_MAX_S:g} s after the round: "
+            "its counts and CPU may miss its last work"
+        )
+    if closed < workflows:
+        warnings.append(
+            f"Temporal counted {closed} of the round's {workflows} workflows closed: the closing work of "
+            "the others is missing from its counts and CPU"
+        )
+    return tuple(warnings)
+
+
 @dataclass
 class _Window:
     """CPU, machine load and the server counters over one span: from the round's start until the servers
@@ -259,6 +284,7 @@ class _Window:
     cpu: dict[str, float] = field(default_factory=dict)
     busy: float | None = None
     counts: server_counts.ServerCounts = field(default_factory=server_counts.ServerCounts)
+    warnings: tuple[str, ...] = ()
 
     def _sample(self) -> tuple[list[procstats.ProcSample], tuple[float, float] | None]:
         return procstats.sample(self.watched, alone=CLIENT_ALONE), procstats.machine_cpu_seconds()
@@ -280,6 +306,12 @@ class _Window:
         self.previous = after.counts
         self.counts = server_counts.delta(before.counts, after.counts)
         self.cpu = procstats.cpu_delta(cpu_before, cpu_after)
+        self.warnings = settle_warnings(
+            settled_before=before.settled,
+            settled_after=after.settled,
+            closed=self.counts.temporal_workflows_closed,
+            workflows=self.workflows,
+        )
         if machine_before and machine_after and machine_after[1] > machine_before[1]:
             # Rounded: both sides are sums of clock ticks turned into floats, and a fully busy machine
             # came out as 1.0000000000010163.
@@ -329,6 +361,7 @@ def _row(
         machine_busy=window.busy,
         load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         errors=tuple(dict.fromkeys(o.error for o in outcomes if o.error))[:5],
+        warnings=window.warnings,
     )
 
 
@@ -599,7 +632,8 @@ async def measure_saturation(
                         profiled = around_path_round and round_.kind != DIRECT
                         async with around_path_round(round_, started) if profiled else nullcontext():
                             rows.append(await run.round(round_))
-                        say(format_row(attach_ratios(rows)[-1]))
+                        for line in [format_row(attach_ratios(rows)[-1]), *format_warnings(rows[-1])]:
+                            say(line)
     return attach_ratios(rows)
 
 
@@ -629,6 +663,10 @@ def format_row(row: SaturationRow) -> str:
         f" {row.temporal_calls_per_batch:7.1f} {row.temporal_calls_by_api_per_batch:6.1f}"
         f" {row.status_polls_per_batch:7.1f} {busy}"
     )
+
+
+def format_warnings(row: SaturationRow) -> list[str]:
+    return [f"   {row.label}: WARNING: {warning}" for warning in row.warnings]
 
 
 def format_counts(row: SaturationRow) -> list[str]:

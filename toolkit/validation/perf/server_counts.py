@@ -180,7 +180,8 @@ def delta(before: ServerCounts, after: ServerCounts) -> ServerCounts:
 
 @dataclass(frozen=True)
 class Settled(Generic[Mark]):
-    counts: ServerCounts  # the counters once settled
+    counts: ServerCounts  # the counters once settled (or as they last stood, when they did not settle)
+    settled: bool  # False: ``max_s`` ran out first (awaited closes not all counted, or the work still moving)
     # What ``mark()`` returned right after the reading the settled counts were already at (the first
     # reading with every awaited workflow counted closed and the work as it stayed): a measurement that
     # marks its CPU there covers the same span as the counts, without the quiet seconds that confirm them.
@@ -198,7 +199,7 @@ async def read_settled(
     closed_at_least: int = 0,
 ) -> Settled[Mark]:
     """The counters once ``closed_at_least`` workflows have closed (as counted since the server started)
-    and the work counted has stopped moving for ``quiet_s``; at most ``max_s``.
+    and the work counted has stopped moving for ``quiet_s``; at most ``max_s`` (then ``settled`` is False).
 
     A batch's last calls (the workflow's final task) land after the client saw it finish, and the
     Temporal dev server publishes its counters up to about a second late: the closes say that the
@@ -210,7 +211,7 @@ async def read_settled(
     last = await read(http, settings)
     last_mark = mark()
     if unless_equal_to is not None and last.work == unless_equal_to.work:
-        return Settled(last, last_mark)
+        return Settled(last, True, last_mark)
     # The reading the quiet began at: every awaited close counted, and the work as it has stayed since.
     quiet: tuple[ServerCounts, Mark, float] | None = None
     while True:
@@ -219,9 +220,9 @@ async def read_settled(
         elif quiet is None or last.work != quiet[0].work:
             quiet = (last, last_mark, time.monotonic())
         elif time.monotonic() - quiet[2] >= quiet_s:
-            return Settled(last, quiet[1])
+            return Settled(last, True, quiet[1])
         if time.monotonic() - started >= max_s:
-            return Settled(last, last_mark)
+            return Settled(last, False, last_mark)
         await asyncio.sleep(SETTLE_POLL_S)
         last = await read(http, settings)
         last_mark = mark()
