@@ -40,6 +40,8 @@ from toolkit.validation.perf.saturation import (
 from toolkit.validation.workloads import make_memories
 
 PROBE_CLASS = "SaturationCountProbe"  # no such class: nothing else ever asks Parse for it
+# The direct rounds write under batch ids "direct-<hex>".
+DIRECT_MEMORIES = {"batchId": {"$regex": "^direct-"}}
 # Bounds a hang only: settling takes a few seconds (a close, then 1.5 s of quiet).
 SETTLE_BOUND_S = 120.0
 
@@ -274,9 +276,12 @@ async def test_a_tiny_saturation_run_counts_every_batch_and_the_requests_it_made
     )
     async with ParseClient(settings) as parse:
         flags_before = await read_flags(parse, settings)
+        direct_before = await parse.count("Memory", DIRECT_MEMORIES, master=True)
     rows = await measure_saturation(settings, plan)
     async with ParseClient(settings) as parse:
         assert await read_flags(parse, settings) == flags_before  # the run put the flags back
+        # The direct rounds' memories (20 here) were deleted again; the path rounds' batches stay.
+        assert await parse.count("Memory", DIRECT_MEMORIES, master=True) == direct_before
 
     by_label = {row.label: row for row in rows}
     assert list(by_label) == [

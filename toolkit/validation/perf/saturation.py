@@ -4,7 +4,7 @@ A run is a series of rounds that take turns, so a burst of load from elsewhere l
 
 - **direct**: the memories of the next rounds written straight into Parse's ``/batch`` (50 per call,
   4 in flight) by the service's memory writer, from this process: no API, no Temporal. The ceiling for
-  this machine, measured in the same run.
+  this machine, measured in the same run. They are deleted again after the round (outside its window).
 - **a path round**: N submitters, each a real Parse user whose canary bucket puts it on the path
   (``reference`` or ``legacy``), submit batches back to back through the API over HTTP and wait for each
   to finish, either polling ``GET /v1/batch/{id}/status`` every ``poll_interval_s`` or waiting for the
@@ -40,7 +40,7 @@ from typing import Any, Literal
 import httpx
 
 from toolkit.parse import ParseClient
-from toolkit.parse.memory_writer import MemoryWriter, WriteContext
+from toolkit.parse.memory_writer import MemoryWriter, WriteContext, delete_memories
 from toolkit.parse.models import FINISHED_STATUSES, MemoryItem
 from toolkit.parse.users import ParseUser
 from toolkit.rollout import RolloutFlags, choose_storage, read_flags, write_flags
@@ -460,6 +460,8 @@ class _Run:
             ]
             outcomes = await writer.write(context, items)
             seconds = time.perf_counter() - started
+        # Outside the window, as `toolkit bench --writer` does: a direct round leaves no Memory behind.
+        await delete_memories(self.parse, context.batch_id)
         written = sum(1 for o in outcomes if o.ok)
         return _row(
             round_,
