@@ -4,7 +4,8 @@ Counted where the work arrives, so every caller is seen (API, worker, this proce
 
 - **Parse**: ``parse_server_requests_total{method,resource,class,status}`` and
   ``parse_server_batch_subrequests_total{method,resource,class}`` from the stack's Parse Server
-  (``parse-server/request-counts.js``, at :attr:`Settings.parse_metrics_url`). Parse itself keeps no such
+  (``parse-server/request-counts.js``, at :attr:`Settings.parse_metrics_url`, served when the stack started it
+  with ``PARSE_REQUEST_COUNTS=1``). Parse itself keeps no such
   count. A ``/batch`` request is named by the classes of its sub-requests: ``POST batch/Memory`` (the memory
   writer) apart from ``POST batch/BatchSlot+BatchSlotHold`` (an in-flight slot taken or given back).
 - **Temporal**: the dev server's own ``service_requests{namespace,operation,service_name="frontend"}``
@@ -152,7 +153,8 @@ async def _scrape(http: httpx.AsyncClient, url: str | None, what: str) -> str:
     if response.status_code != 200:
         raise CountsUnavailable(
             f"{what} metrics at {url} answered {response.status_code}: a stack started by an older "
-            "checkout does not serve them; restart it (`toolkit stack down` then `up`)"
+            "checkout does not serve them (nor a Parse Server without PARSE_REQUEST_COUNTS=1); restart it "
+            "(`toolkit stack down` then `up`)"
         )
     return response.text
 
