@@ -100,17 +100,25 @@ def add_parser(sub: Any, func: Callable[[argparse.Namespace, Settings], int]) ->
 
 
 def _profiler(
-    out_dir: Path, rate_hz: int, summaries: list[profile.Profile]
+    out_dir: Path, rate_hz: int, summaries: list[profile.Profile], missing: list[str]
 ) -> Callable[[Round, RunningVariant], AbstractAsyncContextManager[Any]]:
-    """Wraps each path round in a py-spy record of the variant's API and worker(s)."""
+    """Wraps each path round in a py-spy record of the variant's API and worker(s); a record py-spy could
+    not write goes to ``missing`` (the round's figures are kept)."""
 
     def around(round_: Round, variant: RunningVariant) -> AbstractAsyncContextManager[Any]:
         @asynccontextmanager
         async def recording() -> AsyncIterator[None]:
-            async with profile.profiling(variant.pids, out_dir / round_.label, rate_hz=rate_hz) as files:
+            directory = out_dir / round_.label
+            async with profile.profiling(variant.pids, directory, rate_hz=rate_hz) as recorded:
                 yield
-            for label, record in files.items():
-                summaries.append(profile.summarize(record, f"{round_.label} {label}"))
+            for label, record in recorded.files.items():
+                if label in recorded.problems:
+                    problem = " ".join(recorded.problems[label].split())
+                    missing.append(
+                        f"{round_.label} {label}: py-spy wrote no record ({problem}); see {directory}"
+                    )
+                else:
+                    summaries.append(profile.summarize(record, f"{round_.label} {label}"))
 
         return recording()
 
@@ -134,6 +142,7 @@ def saturation_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"saturation: {OPTIONS.get(exc.name, exc.name)} takes {exc.allowed}, got {_shown(exc.value)}")
         return 2
     summaries: list[profile.Profile] = []
+    missing: list[str] = []
     around = None
     if args.profile:
         if not 1 <= args.profile_rate <= 1000:
@@ -144,7 +153,7 @@ def saturation_command(args: argparse.Namespace, settings: Settings) -> int:
         except profile.ProfilerUnavailable as exc:
             print(f"saturation: {exc}")
             return 2
-        around = _profiler(Path(args.profile), args.profile_rate, summaries)
+        around = _profiler(Path(args.profile), args.profile_rate, summaries, missing)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(
         f"{plan.memories_per_batch}-memory {plan.workload} batches, {plan.batches_per_submitter} per "
@@ -181,6 +190,8 @@ def saturation_command(args: argparse.Namespace, settings: Settings) -> int:
     for summary in summaries:
         for line in profile.format_profile(summary):
             print(line)
+    for line in missing:
+        print(f"-- profile of {line}")
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     return 0 if all(r.completed == r.batches for r in rows) else 1
