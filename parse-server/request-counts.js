@@ -1,8 +1,9 @@
 // Counts the HTTP requests this Parse Server answers, and the sub-requests inside each /batch, so a
 // measurement can say how many Parse round trips a batch costs (`toolkit saturation` reads them).
 // Parse Server has no such counter of its own. Served as Prometheus text at GET /metrics, beside the
-// /parse mount. Labels hold methods, route roots, class names and status classes only: never ids,
-// keys or content. The number of series is capped, so requests to made-up paths cannot grow it.
+// /parse mount, only when PARSE_REQUEST_COUNTS=1 (server.js; `toolkit stack up` sets it for the local
+// stack). Labels hold methods, route roots, class names and status classes only: never ids, keys or
+// content. The number of series is capped, so requests to made-up paths cannot grow it.
 
 const MAX_SERIES = 200;
 const NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
@@ -41,12 +42,17 @@ function requestCounter(mountPath) {
   const withoutMount = (path) =>
     typeof path === 'string' && path.startsWith(`${mountPath}/`) ? path.slice(mountPath.length) : '';
 
-  // Mounted on the same path as Parse: req.path is relative to it. Counted once the answer is sent,
-  // when Parse's own body parser has read a /batch body.
+  // Mounted on the same path as Parse: req.path is relative to it. Counted once per request, when the
+  // answer is sent ('finish', Parse's own body parser has read a /batch body by then) or when the
+  // connection closed before it was ('close' alone: the caller gave up; status "aborted"). A finished
+  // answer emits 'close' too, so the first of the two counts and the other is ignored.
   function middleware(req, res, next) {
     const [resource, className] = routeOf(req.path);
-    res.on('finish', () => {
-      const status = `${Math.floor(res.statusCode / 100)}xx`;
+    let counted = false;
+    const count = () => {
+      if (counted) return;
+      counted = true;
+      const status = res.writableFinished ? `${Math.floor(res.statusCode / 100)}xx` : 'aborted';
       const inner = resource === 'batch' && req.body && Array.isArray(req.body.requests) ? req.body.requests : [];
       const subs = inner.map((sub) => {
         const method = sub && typeof sub.method === 'string' ? sub.method.toUpperCase() : 'OTHER';
@@ -57,7 +63,9 @@ function requestCounter(mountPath) {
       for (const key of subs) {
         bump(subrequests, key.join('\t'));
       }
-    });
+    };
+    res.on('finish', count);
+    res.on('close', count);
     next();
   }
 

@@ -86,11 +86,12 @@ async function main() {
   const server = new ParseServer(config);
   await server.start();
   const app = express();
-  const counts = requestCounter(mountPath);
-  app.use(mountPath, counts.middleware);
+  // Request counts (request-counts.js) are off unless asked for: /metrics is unauthenticated.
+  const counts = process.env.PARSE_REQUEST_COUNTS === '1' ? requestCounter(mountPath) : null;
+  if (counts) app.use(mountPath, counts.middleware);
   app.use(`${mountPath}/files`, masterKeyOnFileReads);
   app.use(mountPath, server.app);
-  app.get('/metrics', (req, res) => res.type('text/plain; version=0.0.4').send(counts.render()));
+  if (counts) app.get('/metrics', (req, res) => res.type('text/plain; version=0.0.4').send(counts.render()));
   const httpServer = app.listen(port, host, () => {
     console.log(`parse-server listening on http://${host}:${port}${mountPath}`);
   });

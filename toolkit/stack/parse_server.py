@@ -88,6 +88,8 @@ class ParseServer(StackPart):
             "PARSE_MASTER_KEY": self.settings.parse_master_key,
             "PARSE_REST_API_KEY": self.settings.parse_rest_api_key,
             "PARSE_SERVER_URL": self.url,
+            # GET /metrics with request counts (parse-server/request-counts.js), read by toolkit saturation.
+            "PARSE_REQUEST_COUNTS": "1",
             # Node resolves the packages next to server.js; cwd only decides where files land.
             "NODE_PATH": str(PACKAGE_DIR / "node_modules"),
         }

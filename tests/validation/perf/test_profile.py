@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.worker_process import wait_until
-from toolkit.validation.perf.profile import ProfilerUnavailable, profiling, summarize
+from toolkit.validation.perf.profile import profiling, summarize
 
 # Writes its ready file, then spins until it has used 1.5 s of CPU, and exits: the profile ends with it.
 HOT_SCRIPT = """
@@ -60,9 +60,10 @@ async def test_a_profile_of_a_running_process_names_the_function_that_burns_the_
             return ready.exists()
 
         await wait_until(started, HANG_BOUND_S, "the hot script to start")
-        async with profiling({"hot": process.pid}, tmp_path / "records") as files:
+        async with profiling({"hot": process.pid}, tmp_path / "records") as recording:
             await asyncio.wait_for(asyncio.to_thread(process.wait), HANG_BOUND_S)  # it exits by itself
-        profile = summarize(files["hot"], "hot")
+        assert recording.problems == {}
+        profile = summarize(recording.files["hot"], "hot")
     finally:
         process.kill()
         process.wait()
@@ -72,9 +73,25 @@ async def test_a_profile_of_a_running_process_names_the_function_that_burns_the_
     assert top.self_share > 0.5
 
 
-async def test_a_process_that_is_gone_gives_a_clear_error(tmp_path: Path) -> None:
+async def test_a_process_that_is_gone_is_reported_with_py_spys_words_not_raised(tmp_path: Path) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    with pytest.raises(ProfilerUnavailable, match="py-spy wrote no record for gone"):
+    stderr = tmp_path / "gone.stderr.txt"  # py-spy's own messages, beside the record it could not write
+
+    async def py_spy_said_why() -> bool:
+        return "Error" in stderr.read_text()
+
+    async with profiling({"gone": gone.pid}, tmp_path) as recording:
+        await wait_until(py_spy_said_why, HANG_BOUND_S, "py-spy's error about the process")
+    assert not recording.files["gone"].exists()
+    assert list(recording.problems) == ["gone"]
+    assert "Check that the process is running" in recording.problems["gone"], recording.problems
+
+
+async def test_an_error_of_the_profiled_block_is_never_replaced_by_the_profilers(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with pytest.raises(RuntimeError, match="the round failed") as raised:
         async with profiling({"gone": gone.pid}, tmp_path):
-            pass
+            raise RuntimeError("the round failed")
+    assert raised.value.__context__ is None  # nothing raised over it while the profiler stopped

@@ -9,26 +9,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import math
 
 import httpx
 import pytest
+from temporalio.client import Client
 
+from tests.fixtures.worker_process import wait_until
 from toolkit import stack
 from toolkit.cli.saturation import saturation_command
 from toolkit.parse import ParseClient
 from toolkit.parse.errors import ObjectNotFound
+from toolkit.parse.users import ParseUser
 from toolkit.rollout import read_flags
-from toolkit.settings import Settings
+from toolkit.settings import Settings, load_settings
+from toolkit.testing.ports import free_port
 from toolkit.timing import collect, parse_counts, span
 from toolkit.validation.perf import server_counts
 from toolkit.validation.perf.saturation import (
     SaturationPlan,
     SaturationRow,
+    _Run,
+    _Webhooks,
     attach_ratios,
+    format_warnings,
     measure_saturation,
+    settle_warnings,
 )
+from toolkit.validation.workloads import make_memories
 
 PROBE_CLASS = "SaturationCountProbe"  # no such class: nothing else ever asks Parse for it
+# The direct rounds write under batch ids "direct-<hex>".
+DIRECT_MEMORIES = {"batchId": {"$regex": "^direct-"}}
+# Bounds a hang only: settling takes a few seconds (a close, then 1.5 s of quiet).
+SETTLE_BOUND_S = 120.0
 
 
 def _row(path: str, rate: float, wait: str = "poll") -> SaturationRow:
@@ -97,24 +112,65 @@ def test_server_timing_counts_each_round_trip() -> None:
     assert "parse.GET.classes;dur=" in header and ";count=3" in header and "temporal.start;dur=" in header
 
 
-def test_saturation_command_refuses_bad_arguments_before_starting_anything(
-    settings: Settings, capsys, tmp_path
-) -> None:
+def test_saturation_command_refuses_bad_arguments_before_starting_anything(capsys, tmp_path) -> None:
+    # No stack needed: each is refused before anything starts (a check let through would try to measure).
+    settings = dataclasses.replace(load_settings(), max_batch_memories=1000)
     base = dict(
         concurrency=[1], batches=1, memories=10, poll_interval=0.25, paths=["reference"], webhook_paths=[],
         workers=1, workload="synthetic", profile=None, profile_rate=100, json=False,
     )  # fmt: skip
-    bad_profile = {"profile": str(tmp_path), "profile_rate": 0}
-    for change in (
-        {"concurrency": [0]},
-        {"concurrency": [65]},
-        {"batches": 0},
-        {"poll_interval": 0.0},
-        bad_profile,
+    poll = "--poll-interval takes a number of seconds above 0 and at most 600, got"
+    refused = {
+        "--concurrency takes 1-64, got 0": {"concurrency": [1, 0]},
+        "--concurrency takes 1-64, got 65": {"concurrency": [65]},
+        "--batches takes 1-100, got 0": {"batches": 0},
+        "--batches takes 1-100, got -2": {"batches": -2},
+        "--batches takes 1-100, got 101": {"batches": 101},
+        "--memories takes 1-1,000, got 0": {"memories": 0},
+        "--memories takes 1-1,000, got 1001": {"memories": 1001},  # over the API's MAX_BATCH_MEMORIES
+        "--workers takes 1-8, got 0": {"workers": 0},
+        "--workers takes 1-8, got 9": {"workers": 9},
+        f"{poll} 0.0": {"poll_interval": 0.0},
+        f"{poll} -0.5": {"poll_interval": -0.5},
+        f"{poll} nan": {"poll_interval": math.nan},
+        f"{poll} inf": {"poll_interval": math.inf},
+        f"{poll} 601.0": {"poll_interval": 601.0},
+        # 64 × 100 × 1000 = 6,400,000 memories in the direct round, all held at once.
+        "the highest --concurrency × --batches × --memories takes 1-1,000,000, got 6400000": {
+            "concurrency": [64], "batches": 100, "memories": 1000,
+        },
+        "--profile-rate takes 1-1000, got 0": {"profile": str(tmp_path), "profile_rate": 0},
+    }  # fmt: skip
+    for message, change in refused.items():
+        assert saturation_command(argparse.Namespace(**(base | change)), settings) == 2, message
+        assert capsys.readouterr().out == f"saturation: {message}\n"
+
+
+async def test_a_transport_error_is_the_outcome_of_its_batch_not_the_end_of_the_run() -> None:
+    # A real fault: the API's address is a port nobody listens on, so the submit's connection is refused.
+    settings = load_settings()
+    user = ParseUser("saturationUser", "saturation-user", "r:a-session-token-never-shown")
+    memories = make_memories("synthetic", 2)
+    async with (
+        ParseClient(settings) as parse,
+        httpx.AsyncClient() as scrape,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_port()}") as api,
     ):
-        assert saturation_command(argparse.Namespace(**(base | change)), settings) == 2
-    out = capsys.readouterr().out
-    assert "concurrency levels must be 1..64" in out and "--profile-rate takes 1-1000, got 0" in out
+        run = _Run(
+            SaturationPlan(paths=("reference",), webhook_paths=(), memories_per_batch=2),
+            settings,
+            parse,
+            scrape,
+            api,
+            {"reference": [user]},
+            _Webhooks(asyncio.get_running_loop()),
+            {},
+            memories,
+        )
+        outcome = await run.one_batch(user, "reference", wait="poll")
+    assert (outcome.batch_id, outcome.status, outcome.successful, outcome.polls) == (None, "error", 0, 0)
+    # The error's type only: the request it failed on held the memories and the session token.
+    assert outcome.error == "submit failed: ConnectError"
 
 
 async def test_parse_counts_every_request_it_answers_and_every_batch_sub_request(
@@ -140,6 +196,75 @@ async def test_parse_counts_every_request_it_answers_and_every_batch_sub_request
     assert counted.parse_error_answers == 1
 
 
+async def test_settled_counts_keep_the_mark_of_the_reading_that_first_counted_the_close(
+    settings: Settings, temporal: Client, unique: str
+) -> None:
+    # The CPU of a round is marked with the reading its counts end at: one that counted the round's
+    # workflows closed, never one taken before they closed (the client's end, the closing work missed).
+    readings = 0
+
+    def mark() -> int:
+        nonlocal readings
+        readings += 1
+        return readings
+
+    async def waiting_for_the_close() -> bool:
+        return readings >= 2
+
+    async with httpx.AsyncClient() as http:
+        quiet = await server_counts.read_settled(http, settings, mark=lambda: None)
+        settling = asyncio.create_task(
+            server_counts.read_settled(
+                http,
+                settings,
+                mark=mark,
+                max_s=SETTLE_BOUND_S,
+                closed_at_least=quiet.counts.temporal_workflows_closed + 1,
+            )
+        )
+        await wait_until(waiting_for_the_close, SETTLE_BOUND_S, "two readings before the close")
+        read_before_the_close = readings
+        # A workflow nothing polls for, closed at once: a close the test decides the moment of.
+        handle = await temporal.start_workflow(
+            "SaturationSettleProbe", id=f"settle-probe-{unique}", task_queue=f"unpolled-{unique}"
+        )
+        await handle.terminate(reason="test: a close for the settling to wait for")
+        settled = await settling
+    assert settled.settled
+    assert settled.counts.temporal_workflows_closed >= quiet.counts.temporal_workflows_closed + 1
+    assert settled.mark > read_before_the_close, (settled.mark, read_before_the_close)
+
+
+async def test_settling_that_never_sees_the_awaited_closes_gives_up_and_says_so(settings: Settings) -> None:
+    async with httpx.AsyncClient() as http:
+        now = await server_counts.read(http, settings)
+        # A million more closes than the server has counted: none of them can come within the second.
+        gave_up = await server_counts.read_settled(
+            http,
+            settings,
+            mark=lambda: None,
+            max_s=1.0,
+            closed_at_least=now.temporal_workflows_closed + 1_000_000,
+        )
+    assert gave_up.settled is False
+
+
+def test_a_round_whose_counts_may_not_be_whole_carries_a_warning_saying_why() -> None:
+    assert settle_warnings(settled_before=True, settled_after=True, closed=3, workflows=3) == ()
+    assert settle_warnings(settled_before=True, settled_after=True, closed=5, workflows=3) == ()
+    assert settle_warnings(settled_before=True, settled_after=False, closed=2, workflows=3) == (
+        "the servers' counts had not settled 30 s after the round: its counts and CPU may miss its last work",
+        "Temporal counted 2 of the round's 3 workflows closed: the closing work of the others is missing "
+        "from its counts and CPU",
+    )
+    assert settle_warnings(settled_before=False, settled_after=True, closed=0, workflows=0) == (
+        "the servers' counts were still moving 30 s after the round before: this round's counts and CPU "
+        "may hold some of its work",
+    )
+    row = dataclasses.replace(_row("reference", 100.0), warnings=("a warning",))
+    assert format_warnings(row) == ["   reference-poll-1: WARNING: a warning"]
+
+
 async def test_a_tiny_saturation_run_counts_every_batch_and_the_requests_it_made(settings: Settings) -> None:
     plan = SaturationPlan(
         concurrency=(2,),
@@ -151,9 +276,12 @@ async def test_a_tiny_saturation_run_counts_every_batch_and_the_requests_it_made
     )
     async with ParseClient(settings) as parse:
         flags_before = await read_flags(parse, settings)
+        direct_before = await parse.count("Memory", DIRECT_MEMORIES, master=True)
     rows = await measure_saturation(settings, plan)
     async with ParseClient(settings) as parse:
         assert await read_flags(parse, settings) == flags_before  # the run put the flags back
+        # The direct rounds' memories (20 here) were deleted again; the path rounds' batches stay.
+        assert await parse.count("Memory", DIRECT_MEMORIES, master=True) == direct_before
 
     by_label = {row.label: row for row in rows}
     assert list(by_label) == [
@@ -171,7 +299,7 @@ async def test_a_tiny_saturation_run_counts_every_batch_and_the_requests_it_made
         assert row.machine_busy is not None and 0 <= row.machine_busy <= 1
         # Each memory once, through Parse's /batch (beside the in-flight slot transactions).
         assert row.parse_batch_subrequests["POST classes/Memory"] == 20
-        assert row.errors == ()
+        assert row.errors == () and row.warnings == ()
         # Temporal saw each batch's workflow close before the round's counts were read.
         assert row.workflows_closed == (0 if row.path == "direct" else 2)
 

@@ -6,21 +6,22 @@ in ``epoll``) are left out, so the samples are of running Python code: CPU time,
 Python's frames (the Temporal SDK's Rust core, C extensions called from Python are inside their caller's
 frame) is not seen as its own entry.
 
-:func:`profiling` records every named pid while its block runs; :func:`summarize` reads a record (py-spy's
-``raw`` format: one ``frame;frame;…;frame count`` line per distinct stack, outermost frame first).
+:func:`profiling` records every named pid while its block runs (py-spy's messages in a file beside each
+record); :func:`summarize` reads a record (py-spy's ``raw`` format: one ``frame;frame;…;frame count`` line
+per distinct stack, outermost frame first).
 Samples whose top frame is a wait (:data:`WAITING_FRAMES`) are counted apart: they are not CPU.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import signal
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SAMPLE_RATE_HZ = 100
@@ -38,7 +39,7 @@ STOP_TIMEOUT_S = 30.0
 
 
 class ProfilerUnavailable(Exception):
-    """py-spy is not installed, or may not attach to the process."""
+    """py-spy is not installed."""
 
 
 @dataclass(frozen=True)
@@ -66,19 +67,33 @@ def py_spy() -> str:
     return found
 
 
+@dataclass
+class Recording:
+    """What :func:`profiling` recorded: a record file per label, and why a label has none."""
+
+    files: dict[str, Path]  # label → py-spy's record (written when the block exits)
+    # label → py-spy's last words, for each label whose record is missing
+    problems: dict[str, str] = field(default_factory=dict)
+
+
 @contextlib.asynccontextmanager
 async def profiling(
     pids: Mapping[str, int], out_dir: Path, *, rate_hz: int = SAMPLE_RATE_HZ
-) -> AsyncIterator[dict[str, Path]]:
-    """Sample each ``label → pid`` while the block runs; yields ``label → record file`` (written at exit)."""
+) -> AsyncIterator[Recording]:
+    """Sample each ``label → pid`` while the block runs; yields the :class:`Recording`, complete at exit.
+
+    py-spy's messages go to ``<label>.stderr.txt`` beside each record. A record py-spy could not write
+    (the process gone, ptrace refused) is a problem of the recording, not an error: the measurement the
+    block made is kept, and an error the block raised is never replaced by one of the profiler's.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     binary = py_spy()
-    recorders: dict[str, subprocess.Popen[bytes]] = {}
-    files = {label: out_dir / f"{label}.txt" for label in pids}
+    recording = Recording({label: out_dir / f"{label}.txt" for label in pids})
+    recorders: dict[str, asyncio.subprocess.Process] = {}
     try:
         for label, pid in pids.items():
-            recorders[label] = subprocess.Popen(
-                [
+            with open(out_dir / f"{label}.stderr.txt", "wb") as stderr:  # the child keeps its own handle
+                recorders[label] = await asyncio.create_subprocess_exec(
                     binary,
                     "record",
                     "--pid",
@@ -90,27 +105,37 @@ async def profiling(
                     "--rate",
                     str(rate_hz),
                     "--output",
-                    str(files[label]),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-        yield files
+                    str(recording.files[label]),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=stderr,
+                )
+        yield recording
     finally:
-        for recorder in recorders.values():
-            if recorder.poll() is None:
-                recorder.send_signal(signal.SIGINT)  # py-spy writes its record on Ctrl-C
-        problems = []
-        for label, recorder in recorders.items():
-            try:
-                _, stderr = recorder.communicate(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                recorder.kill()
-                _, stderr = recorder.communicate()
-            if not files[label].exists():
-                problems.append(f"{label}: {stderr.decode(errors='replace').strip()[-300:]}")
-        if problems:
-            raise ProfilerUnavailable("py-spy wrote no record for " + "; ".join(problems))
+        await asyncio.gather(*(_stop(recorder) for recorder in recorders.values()))
+        for label in recorders:
+            if not recording.files[label].exists():
+                said = _error_line((out_dir / f"{label}.stderr.txt").read_text(errors="replace"))
+                recording.problems[label] = said or f"py-spy exited {recorders[label].returncode}"
+
+
+def _error_line(stderr: str) -> str:
+    """py-spy's ``Error: …`` line (a backtrace may follow it), else its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error")]
+    return (errors[0] if errors else lines[-1] if lines else "")[:300]
+
+
+async def _stop(recorder: asyncio.subprocess.Process) -> None:
+    """Ctrl-C (py-spy writes its record then), and kill if it has not exited within STOP_TIMEOUT_S."""
+    if recorder.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            recorder.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(recorder.wait(), STOP_TIMEOUT_S)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            recorder.kill()
+        await recorder.wait()
 
 
 def _package(frame: str) -> str:

@@ -4,7 +4,7 @@ A run is a series of rounds that take turns, so a burst of load from elsewhere l
 
 - **direct**: the memories of the next rounds written straight into Parse's ``/batch`` (50 per call,
   4 in flight) by the service's memory writer, from this process: no API, no Temporal. The ceiling for
-  this machine, measured in the same run.
+  this machine, measured in the same run. They are deleted again after the round (outside its window).
 - **a path round**: N submitters, each a real Parse user whose canary bucket puts it on the path
   (``reference`` or ``legacy``), submit batches back to back through the API over HTTP and wait for each
   to finish, either polling ``GET /v1/batch/{id}/status`` every ``poll_interval_s`` or waiting for the
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import secrets
 import time
@@ -39,13 +40,14 @@ from typing import Any, Literal
 import httpx
 
 from toolkit.parse import ParseClient
-from toolkit.parse.memory_writer import MemoryWriter, WriteContext
+from toolkit.parse.memory_writer import MemoryWriter, WriteContext, delete_memories
 from toolkit.parse.models import FINISHED_STATUSES, MemoryItem
 from toolkit.parse.users import ParseUser
 from toolkit.rollout import RolloutFlags, choose_storage, read_flags, write_flags
 from toolkit.settings import Settings
 from toolkit.timing import HEADER, parse_counts
 from toolkit.validation.perf import procstats, server_counts
+from toolkit.validation.perf.scale_out import MAX_WORKERS
 from toolkit.validation.perf.variants import RunningVariant, Variant, running
 from toolkit.validation.traffic import prepare_users
 from toolkit.validation.webhook_receiver import ReceivedRequest, WebhookReceiver
@@ -57,6 +59,11 @@ DIRECT = "direct"
 # The processes whose CPU is summed as "the servers" (the client is this measuring process).
 SERVER_PARTS = ("api", "worker", "parse", "postgres", "temporal")
 MAX_SUBMITTERS = 64
+MAX_BATCHES_PER_SUBMITTER = 100
+# The direct round builds the memories of the highest level's batches in memory, all at once.
+MAX_MEMORIES_PER_ROUND = 1_000_000
+MAX_DIRECT_BATCH_SIZE = 100  # Parse's batchRequestLimit on the local stack (PARSE_BATCH_REQUEST_LIMIT)
+MAX_BATCH_TIMEOUT_S = 24 * 3600.0
 MAX_SIGNUPS = 2000
 # The stack's own servers watched for CPU; the API and worker(s) are the variant's.
 STACK_SERVERS = ("parse", "postgres", "temporal")
@@ -67,6 +74,26 @@ HTTP_TIMEOUT_S = 120.0
 
 class SaturationError(Exception):
     """The run cannot measure what it claims (a batch on the wrong path, a missing counter)."""
+
+
+class PlanError(ValueError):
+    """A value of the plan out of its range; ``name`` is the plan's field, ``value`` the value refused."""
+
+    def __init__(self, name: str, value: object, allowed: str) -> None:
+        super().__init__(f"{name} takes {allowed}, got {value!r}")
+        self.name = name
+        self.value = value
+        self.allowed = allowed
+
+
+def _check_range(name: str, value: int, low: int, high: int | None = None) -> None:
+    if value < low or (high is not None and value > high):
+        raise PlanError(name, value, f"{low:,} or more" if high is None else f"{low:,}-{high:,}")
+
+
+def _check_seconds(name: str, value: float, high: float) -> None:
+    if not (math.isfinite(value) and 0 < value <= high):
+        raise PlanError(name, value, f"a number of seconds above 0 and at most {high:g}")
 
 
 @dataclass(frozen=True)
@@ -85,18 +112,24 @@ class SaturationPlan:
     workers: int = 1
 
     def __post_init__(self) -> None:
-        if not self.concurrency or min(self.concurrency) < 1 or max(self.concurrency) > MAX_SUBMITTERS:
-            raise ValueError(f"concurrency levels must be 1..{MAX_SUBMITTERS}, got {list(self.concurrency)}")
-        if not self.paths or not set(self.paths) <= set(PATHS) or not set(self.webhook_paths) <= set(PATHS):
-            raise ValueError(
-                f"paths must be among {PATHS}, got {list(self.paths)} / {list(self.webhook_paths)}"
-            )
-        if self.batches_per_submitter < 1 or self.memories_per_batch < 1 or self.workers < 1:
-            raise ValueError("batches per submitter, memories per batch and workers must be at least 1")
-        if self.poll_interval_s <= 0 or self.direct_batch_size < 1 or self.direct_in_flight < 1:
-            raise ValueError(
-                "the poll interval, direct batch size and direct calls in flight must be positive"
-            )
+        for level in self.concurrency:
+            _check_range("concurrency", level, 1, MAX_SUBMITTERS)
+        if not self.concurrency:
+            raise PlanError("concurrency", [], f"one or more levels of 1-{MAX_SUBMITTERS}")
+        if not self.paths or not set(self.paths) <= set(PATHS):
+            raise PlanError("paths", list(self.paths), f"one or more of {', '.join(PATHS)}")
+        if not set(self.webhook_paths) <= set(PATHS):
+            raise PlanError("webhook_paths", list(self.webhook_paths), f"any of {', '.join(PATHS)}")
+        _check_range("batches_per_submitter", self.batches_per_submitter, 1, MAX_BATCHES_PER_SUBMITTER)
+        _check_range("memories_per_batch", self.memories_per_batch, 1)  # its maximum: check_batch_size
+        _check_range("workers", self.workers, 1, MAX_WORKERS)
+        _check_range("direct_batch_size", self.direct_batch_size, 1, MAX_DIRECT_BATCH_SIZE)
+        _check_range("direct_in_flight", self.direct_in_flight, 1, MAX_SUBMITTERS)
+        _check_seconds("batch_timeout_s", self.batch_timeout_s, MAX_BATCH_TIMEOUT_S)
+        _check_seconds("poll_interval_s", self.poll_interval_s, self.batch_timeout_s)
+        # The direct round holds all of a round's memories at once.
+        per_round = max(self.concurrency) * self.batches_per_submitter * self.memories_per_batch
+        _check_range("memories_per_round", per_round, 1, MAX_MEMORIES_PER_ROUND)
 
     def rounds(self) -> list[Round]:
         """The rounds in the order they run: per level a direct round, then each path; webhooks last."""
@@ -112,6 +145,11 @@ class SaturationPlan:
         """The canary percentage that puts users on every path of the plan."""
         wanted = set(self.paths) | set(self.webhook_paths)
         return 50 if wanted == set(PATHS) else 100 if wanted == {"reference"} else 0
+
+
+def check_batch_size(memories_per_batch: int, settings: Settings) -> None:
+    """Batches the API takes: 1 up to its ``MAX_BATCH_MEMORIES`` (larger ones would all be refused)."""
+    _check_range("memories_per_batch", memories_per_batch, 1, settings.max_batch_memories)
 
 
 @dataclass(frozen=True)
@@ -131,7 +169,7 @@ class BatchOutcome:
 
     batch_id: str | None
     storage: str | None
-    status: str  # the final status, or "refused" / "timeout"
+    status: str  # the final status, or "refused" / "timeout" / "error" (a transport error)
     successful: int
     polls: int  # status requests this client made for it
     # Round trips the API reported (Server-Timing counts) answering this batch's submit and polls:
@@ -171,6 +209,8 @@ class SaturationRow:
     machine_busy: float | None = None  # share of all cores busy during the round, whoever used them
     load_average: float | None = None  # the 1-minute load average at the round's end
     errors: tuple[str, ...] = ()
+    # Why the round's counts and CPU may not be whole (settling gave up, workflows not seen closed).
+    warnings: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -200,15 +240,40 @@ def attach_ratios(rows: Sequence[SaturationRow]) -> list[SaturationRow]:
 
 
 # ---- what one round measures -------------------------------------------------------------------------
+def settle_warnings(
+    *, settled_before: bool, settled_after: bool, closed: int, workflows: int
+) -> tuple[str, ...]:
+    """What a round's row must say when its counts and CPU may not hold all of its work, or only its own."""
+    warnings = []
+    if not settled_before:
+        warnings.append(
+            f"the servers' counts were still moving {server_counts.SETTLE_MAX_S:g} s after the round before: "
+            "this round's counts and CPU may hold some of its work"
+        )
+    if not settled_after:
+        warnings.append(
+            f"the servers' counts had not settled {server_counts.SETTLE_MAX_S:g} s after the round: "
+            "its counts and CPU may miss its last work"
+        )
+    if closed < workflows:
+        warnings.append(
+            f"Temporal counted {closed} of the round's {workflows} workflows closed: the closing work of "
+            "the others is missing from its counts and CPU"
+        )
+    return tuple(warnings)
+
+
 @dataclass
 class _Window:
-    """CPU and machine load over a round (start → the client saw its last batch finish), and the server
-    counters over the round and its tail.
+    """CPU, machine load and the server counters over one span: from the round's start until the servers
+    have counted every workflow of the round closed.
 
-    The counters are read once the servers' work has settled (:func:`server_counts.read_settled`): a
-    batch's last workflow task runs after the client saw the batch finish, and belongs to its cost. CPU
-    stops with the client's clock, so the idle seconds of settling (Temporal's own timers, the pollers)
-    are not charged to the batches.
+    A batch's closing work (its workflow's final task, the in-flight slot given back, PostgreSQL's
+    writes) runs after the client saw the batch finish and belongs to its cost, in the CPU as in the
+    counts. Both end at the same reading of the servers' counters (:func:`server_counts.read_settled`):
+    the first with every workflow of the round counted closed and the work as it then stays. The quiet
+    seconds that confirm it are not charged to the batches. The round's wall-clock time (its memories/s)
+    stays the one the client saw.
     """
 
     watched: dict[str, int]
@@ -219,21 +284,34 @@ class _Window:
     cpu: dict[str, float] = field(default_factory=dict)
     busy: float | None = None
     counts: server_counts.ServerCounts = field(default_factory=server_counts.ServerCounts)
+    warnings: tuple[str, ...] = ()
+
+    def _sample(self) -> tuple[list[procstats.ProcSample], tuple[float, float] | None]:
+        return procstats.sample(self.watched, alone=CLIENT_ALONE), procstats.machine_cpu_seconds()
 
     @asynccontextmanager
     async def measure(self) -> AsyncIterator[None]:
-        before = await server_counts.read_settled(self.http, self.settings, unless_equal_to=self.previous)
-        cpu_before = procstats.sample(self.watched, alone=CLIENT_ALONE)
-        machine_before = procstats.machine_cpu_seconds()
-        yield
-        cpu_after = procstats.sample(self.watched, alone=CLIENT_ALONE)
-        machine_after = procstats.machine_cpu_seconds()
-        after = await server_counts.read_settled(
-            self.http, self.settings, closed_at_least=before.temporal_workflows_closed + self.workflows
+        before = await server_counts.read_settled(
+            self.http, self.settings, mark=lambda: None, unless_equal_to=self.previous
         )
-        self.previous = after
-        self.counts = server_counts.delta(before, after)
+        cpu_before, machine_before = self._sample()
+        yield
+        after = await server_counts.read_settled(
+            self.http,
+            self.settings,
+            mark=self._sample,
+            closed_at_least=before.counts.temporal_workflows_closed + self.workflows,
+        )
+        cpu_after, machine_after = after.mark
+        self.previous = after.counts
+        self.counts = server_counts.delta(before.counts, after.counts)
         self.cpu = procstats.cpu_delta(cpu_before, cpu_after)
+        self.warnings = settle_warnings(
+            settled_before=before.settled,
+            settled_after=after.settled,
+            closed=self.counts.temporal_workflows_closed,
+            workflows=self.workflows,
+        )
         if machine_before and machine_after and machine_after[1] > machine_before[1]:
             # Rounded: both sides are sums of clock ticks turned into floats, and a fully busy machine
             # came out as 1.0000000000010163.
@@ -283,6 +361,7 @@ def _row(
         machine_busy=window.busy,
         load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         errors=tuple(dict.fromkeys(o.error for o in outcomes if o.error))[:5],
+        warnings=window.warnings,
     )
 
 
@@ -351,7 +430,11 @@ class _Run:
     async def warm_up(self) -> None:
         """One batch per path, unmeasured: imports, connections and caches of a fresh API and worker."""
         for path in dict.fromkeys((*self.plan.paths, *self.plan.webhook_paths)):
-            await self.one_batch(self.users[path][0], path, wait="poll")
+            outcome = await self.one_batch(self.users[path][0], path, wait="poll")
+            if outcome.status != "completed":
+                raise SaturationError(
+                    f"the warm-up batch on the {path} path ended {outcome.status}: {outcome.error}"
+                )
 
     async def round(self, round_: Round) -> SaturationRow:
         window = _Window(self.watched, self.scrape, self.settings, previous=self.counts)
@@ -377,6 +460,8 @@ class _Run:
             ]
             outcomes = await writer.write(context, items)
             seconds = time.perf_counter() - started
+        # Outside the window, as `toolkit bench --writer` does: a direct round leaves no Memory behind.
+        await delete_memories(self.parse, context.batch_id)
         written = sum(1 for o in outcomes if o.ok)
         return _row(
             round_,
@@ -399,11 +484,17 @@ class _Run:
         received_before = self.webhooks.received
         async with window.measure():
             started = time.perf_counter()
-            per_user = await asyncio.gather(
-                *(submitter(u) for u in self.users[round_.kind][: round_.submitters])
-            )
+            # A submitter that raises (a batch put on the wrong path) cancels the others before the
+            # error leaves the round: none keeps submitting into the next round or past the run's end.
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [
+                        group.create_task(submitter(u)) for u in self.users[round_.kind][: round_.submitters]
+                    ]
+            except ExceptionGroup as failed:
+                raise failed.exceptions[0] from None
             seconds = time.perf_counter() - started
-            outcomes = [o for batch in per_user for o in batch]
+            outcomes = [o for task in tasks for o in task.result()]
             window.workflows = sum(1 for o in outcomes if o.batch_id is not None)
         return _row(
             round_,
@@ -417,12 +508,20 @@ class _Run:
         )
 
     async def one_batch(self, user: ParseUser, path: str, *, wait: str) -> BatchOutcome:
-        """Submit one batch as ``user`` and wait until it is final (polling, or for its webhook)."""
+        """Submit one batch as ``user`` and wait until it is final (polling, or for its webhook).
+
+        A transport error (the API unreachable, a connection reset, a read timeout) ends this batch's
+        wait with the error's type as its outcome; the round goes on with the other batches.
+        """
         headers = {"X-Parse-Session-Token": user.session_token}
         body: dict[str, Any] = {"memories": self.memories}
         if wait == "webhook":
             body |= {"webhook_url": self.webhooks.receiver.url(), "webhook_secret": self.webhooks.secret}
-        answer = await self.api.post("/v1/memory/batch", json=body, headers=headers)
+        try:
+            answer = await self.api.post("/v1/memory/batch", json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            # The type only: the request it failed on holds the memories and the session token.
+            return BatchOutcome(None, None, "error", 0, 0, error=f"submit failed: {type(exc).__name__}")
         spans = Counter(parse_counts(answer.headers.get(HEADER, "")))
         if answer.status_code != 202:
             error = f"submit answered {answer.status_code}"
@@ -445,7 +544,11 @@ class _Run:
             final = {"status": "timeout", "successful": 0}
             while time.monotonic() < deadline:
                 await asyncio.sleep(self.plan.poll_interval_s)
-                status = await self.api.get(f"/v1/batch/{batch_id}/status", headers=headers)
+                try:
+                    status = await self.api.get(f"/v1/batch/{batch_id}/status", headers=headers)
+                except httpx.HTTPError as exc:
+                    error = f"status poll failed: {type(exc).__name__}"
+                    return BatchOutcome(batch_id, path, "error", 0, polls, spans, error)
                 polls += 1
                 spans += Counter(parse_counts(status.headers.get(HEADER, "")))
                 if status.status_code == 200 and status.json()["status"] in FINISHED_STATUSES:
@@ -494,6 +597,7 @@ async def measure_saturation(
     unmeasured batch per path, and stopped at the end. ``around_path_round`` wraps each path round
     (e.g. :func:`toolkit.validation.perf.profile.profiling` of the variant's pids).
     """
+    check_batch_size(plan.memories_per_batch, settings)
     say = echo or (lambda line: None)
     spec = variant or Variant("saturation", workers=plan.workers)
     rows: list[SaturationRow] = []
@@ -530,7 +634,8 @@ async def measure_saturation(
                         profiled = around_path_round and round_.kind != DIRECT
                         async with around_path_round(round_, started) if profiled else nullcontext():
                             rows.append(await run.round(round_))
-                        say(format_row(attach_ratios(rows)[-1]))
+                        for line in [format_row(attach_ratios(rows)[-1]), *format_warnings(rows[-1])]:
+                            say(line)
     return attach_ratios(rows)
 
 
@@ -560,6 +665,10 @@ def format_row(row: SaturationRow) -> str:
         f" {row.temporal_calls_per_batch:7.1f} {row.temporal_calls_by_api_per_batch:6.1f}"
         f" {row.status_polls_per_batch:7.1f} {busy}"
     )
+
+
+def format_warnings(row: SaturationRow) -> list[str]:
+    return [f"   {row.label}: WARNING: {warning}" for warning in row.warnings]
 
 
 def format_counts(row: SaturationRow) -> list[str]:

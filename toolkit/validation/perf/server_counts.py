@@ -4,7 +4,8 @@ Counted where the work arrives, so every caller is seen (API, worker, this proce
 
 - **Parse**: ``parse_server_requests_total{method,resource,class,status}`` and
   ``parse_server_batch_subrequests_total{method,resource,class}`` from the stack's Parse Server
-  (``parse-server/request-counts.js``, at :attr:`Settings.parse_metrics_url`). Parse itself keeps no such
+  (``parse-server/request-counts.js``, at :attr:`Settings.parse_metrics_url`, served when the stack started it
+  with ``PARSE_REQUEST_COUNTS=1``). Parse itself keeps no such
   count. A ``/batch`` request is named by the classes of its sub-requests: ``POST batch/Memory`` (the memory
   writer) apart from ``POST batch/BatchSlot+BatchSlotHold`` (an in-flight slot taken or given back).
 - **Temporal**: the dev server's own ``service_requests{namespace,operation,service_name="frontend"}``
@@ -21,8 +22,9 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import httpx
 
@@ -34,6 +36,7 @@ _ESCAPE = re.compile(r"\\(.)")
 SETTLE_POLL_S = 0.25
 SETTLE_QUIET_S = 1.5  # longer than the Temporal dev server's metrics lag (~1 s measured)
 SETTLE_MAX_S = 30.0
+Mark = TypeVar("Mark")
 # Calls a worker makes whether or not there is work: long polls (kept open all the time, so their number
 # follows time and pollers), its periodic heartbeat and its start-up questions.
 POLL_PREFIX = "Poll"
@@ -150,7 +153,8 @@ async def _scrape(http: httpx.AsyncClient, url: str | None, what: str) -> str:
     if response.status_code != 200:
         raise CountsUnavailable(
             f"{what} metrics at {url} answered {response.status_code}: a stack started by an older "
-            "checkout does not serve them; restart it (`toolkit stack down` then `up`)"
+            "checkout does not serve them (nor a Parse Server without PARSE_REQUEST_COUNTS=1); restart it "
+            "(`toolkit stack down` then `up`)"
         )
     return response.text
 
@@ -176,34 +180,51 @@ def delta(before: ServerCounts, after: ServerCounts) -> ServerCounts:
     )
 
 
+@dataclass(frozen=True)
+class Settled(Generic[Mark]):
+    counts: ServerCounts  # the counters once settled (or as they last stood, when they did not settle)
+    settled: bool  # False: ``max_s`` ran out first (awaited closes not all counted, or the work still moving)
+    # What ``mark()`` returned right after the reading the settled counts were already at (the first
+    # reading with every awaited workflow counted closed and the work as it stayed): a measurement that
+    # marks its CPU there covers the same span as the counts, without the quiet seconds that confirm them.
+    mark: Mark
+
+
 async def read_settled(
     http: httpx.AsyncClient,
     settings: Settings,
     *,
+    mark: Callable[[], Mark],
     quiet_s: float = SETTLE_QUIET_S,
     max_s: float = SETTLE_MAX_S,
     unless_equal_to: ServerCounts | None = None,
     closed_at_least: int = 0,
-) -> ServerCounts:
+) -> Settled[Mark]:
     """The counters once ``closed_at_least`` workflows have closed (as counted since the server started)
-    and the work counted has stopped moving for ``quiet_s``; at most ``max_s``.
+    and the work counted has stopped moving for ``quiet_s``; at most ``max_s`` (then ``settled`` is False).
 
     A batch's last calls (the workflow's final task) land after the client saw it finish, and the
     Temporal dev server publishes its counters up to about a second late: the closes say that the
     batches' workflows are all in, the quiet that nothing else still is. With ``unless_equal_to`` (the
-    previous settled reading), a reading whose work has not moved since is taken at once.
+    previous settled reading), a reading whose work has not moved since is taken at once. ``mark`` is
+    called right after every reading; the one kept is that of the reading the quiet began at.
     """
     started = time.monotonic()
     last = await read(http, settings)
+    last_mark = mark()
     if unless_equal_to is not None and last.work == unless_equal_to.work:
-        return last
-    quiet_since = time.monotonic()
-    while time.monotonic() - started < max_s:
+        return Settled(last, True, last_mark)
+    # The reading the quiet began at: every awaited close counted, and the work as it has stayed since.
+    quiet: tuple[ServerCounts, Mark, float] | None = None
+    while True:
+        if last.temporal_workflows_closed < closed_at_least:
+            quiet = None
+        elif quiet is None or last.work != quiet[0].work:
+            quiet = (last, last_mark, time.monotonic())
+        elif time.monotonic() - quiet[2] >= quiet_s:
+            return Settled(last, True, quiet[1])
+        if time.monotonic() - started >= max_s:
+            return Settled(last, False, last_mark)
         await asyncio.sleep(SETTLE_POLL_S)
-        now = await read(http, settings)
-        if now.work != last.work or now.temporal_workflows_closed < closed_at_least:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= quiet_s:
-            return now
-        last = now
-    return last
+        last = await read(http, settings)
+        last_mark = mark()
