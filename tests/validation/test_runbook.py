@@ -184,8 +184,12 @@ async def test_flags_that_read_back_otherwise_stop_the_run_before_the_soak(
     assert (live.use_parse_batch_storage, live.canary_percent) == (False, 0)
 
 
+# The child takes Ctrl-C as an operator's terminal delivers it. A process started in the background of a
+# non-interactive shell inherits SIGINT ignored (POSIX), and Python then installs no handler: a suite run
+# that way (nohup make test &) sent a SIGINT nobody received, and the test timed out.
 RUN_AND_WAIT = """
-import asyncio, sys
+import asyncio, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from toolkit.settings import load_settings
 from toolkit.validation.runbook import RunbookConfig, run_runbook
 config = RunbookConfig(
