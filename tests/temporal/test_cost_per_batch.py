@@ -12,6 +12,7 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from temporalio.testing import ActivityEnvironment
 
 from toolkit.temporal.batch_types import Checkpoint
@@ -19,7 +20,9 @@ from toolkit.temporal.outages import FIRST_BEAT_AFTER_S, ActivityHeartbeat
 from toolkit.temporal.progress import PROGRESS_MIN_GAP_S, AttemptProgress
 
 
-async def test_an_activity_heartbeats_only_after_its_first_second_and_then_with_the_latest_checkpoint() -> None:
+async def test_an_activity_heartbeats_after_its_first_second_with_the_latest_checkpoint() -> (
+    None
+):
     beats: list[tuple[Any, ...]] = []
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *details: beats.append(details)
@@ -64,3 +67,20 @@ async def test_progress_is_due_only_once_the_minimum_gap_has_passed() -> None:
     assert progress.report_due()
     progress.mark_reported(progress.processed)
     assert not progress.report_due()
+
+
+async def test_an_attempt_that_fails_within_its_first_second_still_hands_over_its_checkpoint() -> None:
+    """Handed back at a worker's shutdown (or failing) before the first heartbeat: the details go with the
+    failure, so the next attempt resumes where this one was, not from the start."""
+    beats: list[tuple[Any, ...]] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details)
+
+    async def activity_body() -> None:
+        async with ActivityHeartbeat.of_this_attempt() as heartbeat:
+            heartbeat.advance(Checkpoint(30, 30, 0))
+            raise asyncio.CancelledError()
+
+    with pytest.raises(asyncio.CancelledError):
+        await env.run(activity_body)
+    assert beats == [({"next": 30, "ok": 30, "failed": 0},)]

@@ -120,6 +120,11 @@ class ActivityHeartbeat:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if error is not None:
+            # Handed back (worker shutdown) or failing: the next attempt resumes from what this one
+            # reached, even within its first second. The SDK hands these details to the server with the
+            # failure.
+            activity.heartbeat(self.details())
 
 
 async def outlast_outages(
