@@ -20,9 +20,7 @@ from toolkit.temporal.outages import FIRST_BEAT_AFTER_S, ActivityHeartbeat
 from toolkit.temporal.progress import PROGRESS_MIN_GAP_S, AttemptProgress
 
 
-async def test_an_activity_heartbeats_after_its_first_second_with_the_latest_checkpoint() -> (
-    None
-):
+async def test_an_activity_heartbeats_after_its_first_second_with_the_latest_checkpoint() -> None:
     beats: list[tuple[Any, ...]] = []
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *details: beats.append(details)
