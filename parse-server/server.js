@@ -5,6 +5,7 @@ const express = require('express');
 const { ParseServer } = require('parse-server');
 const { checkIp } = require('parse-server/lib/middlewares');
 const FSFilesAdapter = require('@parse/fs-files-adapter');
+const { requestCounter } = require('./request-counts');
 
 const env = (name, fallback) => {
   const value = process.env[name];
@@ -85,8 +86,12 @@ async function main() {
   const server = new ParseServer(config);
   await server.start();
   const app = express();
+  // Request counts (request-counts.js) are off unless asked for: /metrics is unauthenticated.
+  const counts = process.env.PARSE_REQUEST_COUNTS === '1' ? requestCounter(mountPath) : null;
+  if (counts) app.use(mountPath, counts.middleware);
   app.use(`${mountPath}/files`, masterKeyOnFileReads);
   app.use(mountPath, server.app);
+  if (counts) app.get('/metrics', (req, res) => res.type('text/plain; version=0.0.4').send(counts.render()));
   const httpServer = app.listen(port, host, () => {
     console.log(`parse-server listening on http://${host}:${port}${mountPath}`);
   });

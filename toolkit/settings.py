@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,6 +123,9 @@ class Settings:
     max_batches_in_flight: int = 20
     # Where a worker serves Temporal SDK metrics for Prometheus (0 = off; `toolkit stack up` picks one).
     worker_metrics_port: int = 0
+    # Where the local Temporal dev server serves its own metrics (0 = a port it picks and nobody knows;
+    # `toolkit stack up` picks one and keeps it in stack.env).
+    temporal_metrics_port: int = 0
     # Chunked batches (issue 10): a batch of more than batch_chunk_memories memories (or more than
     # batch_chunk_max_bytes of JSON) is stored as several gzip NDJSON chunk files of at most that
     # size each, and processed by one activity per chunk, at most batch_chunk_window at a time.
@@ -152,6 +156,18 @@ class Settings:
         return self.temporal_address or f"{self.bind_host}:{self.temporal_port}"
 
     @property
+    def parse_metrics_url(self) -> str:
+        """Parse Server's request counts (``parse-server/request-counts.js``), at its origin's root."""
+        parts = urlsplit(self.parse_url)
+        return f"{parts.scheme}://{parts.netloc}/metrics"
+
+    @property
+    def temporal_metrics_url(self) -> str | None:
+        """The local Temporal dev server's own metrics; None when no port is known."""
+        port = self.temporal_metrics_port
+        return f"http://{self.bind_host}:{port}/metrics" if port > 0 else None
+
+    @property
     def temporal_ui(self) -> str:
         return self.temporal_ui_url or f"http://{self.bind_host}:{self.temporal_ui_port}"
 
@@ -173,6 +189,7 @@ class Settings:
             "TEMPORAL_UI_URL": self.temporal_ui,
             "WEBHOOK_ALLOW_PRIVATE": "1" if self.webhook_allow_private else "0",
             "WORKER_METRICS_PORT": str(self.worker_metrics_port),
+            "TEMPORAL_METRICS_PORT": str(self.temporal_metrics_port),
         }
 
 

@@ -14,6 +14,7 @@ every attempt and every resend of one event carries the same id and receivers ca
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -22,6 +23,7 @@ import logging
 import random
 import re
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -356,6 +358,14 @@ def _retry_after_s(value: str | None, max_backoff_s: float) -> float | None:
     return min(max(seconds, 0.0), max_backoff_s)
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context per process for every delivery: httpx builds a new one for each client, loading
+    the CA bundle each time, about 14 ms of CPU per webhook (issue 19). The same verification: the
+    default CAs, no settings from the environment (like ``trust_env=False`` on the client)."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 async def deliver_webhook(
     url: str,
     secret: str | None,
@@ -397,7 +407,11 @@ async def deliver_webhook(
     # trust_env=False: no proxy or .netrc credentials from the environment may be attached to a request
     # whose destination the sender's caller chose.
     async with httpx.AsyncClient(
-        transport=transport, follow_redirects=False, trust_env=False, timeout=httpx.Timeout(timeout_s)
+        transport=transport,
+        follow_redirects=False,
+        trust_env=False,
+        timeout=httpx.Timeout(timeout_s),
+        verify=_tls_context(),
     ) as client:
         while attempts < max_attempts:
             pinned: IPAddress | Exception | None = None

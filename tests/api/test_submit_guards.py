@@ -35,6 +35,7 @@ from toolkit.temporal.batch_types import BatchContext, LegacyBatchInput
 from toolkit.temporal.client import connect
 from toolkit.temporal.starter import workflow_id_for
 from toolkit.temporal.workflows import NEW_WORKFLOW
+from toolkit.timing import HEADER, parse_counts
 from toolkit.validation.workloads import chitchat_memories, synthetic_memories
 
 if TYPE_CHECKING:
@@ -293,6 +294,9 @@ async def test_idempotency_key_replays_a_started_workflow_whose_id_was_never_rec
     assert response.json()["batch_id"] == batch_id
     assert response.json()["workflow_id"] == workflow_id_for(batch_id)
     assert await _requests_of(parse, user) == 1
+    # The describe that found the workflow is in the answer's Server-Timing, as the API's Temporal call
+    # (toolkit saturation counts the API's share of the calls from it).
+    assert parse_counts(response.headers[HEADER]).get("temporal.describe") == 1
 
 
 # ---- privacy: the owner only, whatever the ACL lets an org role read --------------------------------------

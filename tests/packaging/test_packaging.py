@@ -68,6 +68,9 @@ def test_the_stack_wheels_are_runtime_dependencies() -> None:
         "pydantic",
         "fastapi",
         "uvicorn",
+        "uvloop",
+        "httptools",
+        "sniffio",
         "pandas",
         "matplotlib",
     } <= names

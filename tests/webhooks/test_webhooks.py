@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -31,6 +32,7 @@ from toolkit.webhooks import (
     _check_addresses,
     _parse_target,
     _pinned_request,
+    _tls_context,
     check_webhook_url,
     completion_payload,
     deliver_webhook,
@@ -536,3 +538,13 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
 async def test_max_attempts_must_be_positive() -> None:
     with pytest.raises(ValueError):
         await deliver_webhook("http://127.0.0.1/", SECRET, payload(), allow_private=True, max_attempts=0)
+
+
+def test_every_delivery_shares_one_tls_context_that_still_verifies_the_receiver() -> None:
+    """Issue 19: one TLS context per process (httpx loaded the CA bundle for every delivery, ~14 ms of
+    CPU each). Shared, it must still check the receiver's certificate and host name."""
+    context = _tls_context()
+    assert context is _tls_context()
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname is True
+    assert context.get_ca_certs() or context.cert_store_stats()["x509_ca"] > 0, "no CA loaded"

@@ -23,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from toolkit.api.auth import AuthenticatedUser
 from toolkit.api.errors import WORKFLOWS_UNAVAILABLE, IdempotencyConflict, ServiceUnavailable
 from toolkit.api.failures import start_failure, storage_failure
-from toolkit.api.start_settling import DESCRIBE_TIMEOUT_S, stored_for_s, workflow_exists
+from toolkit.api.start_settling import DESCRIBE_SPAN, DESCRIBE_TIMEOUT_S, stored_for_s, workflow_exists
 from toolkit.api.temporal_connection import TemporalConnection, TemporalUnavailable
 from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
@@ -31,6 +31,7 @@ from toolkit.parse.errors import ParseError
 from toolkit.parse.models import BatchMemoryRequest
 from toolkit.settings import Settings
 from toolkit.temporal.starter import workflow_id_for
+from toolkit.timing import span
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,10 @@ class IdempotencyKeys:
         except TemporalUnavailable as exc:
             raise ServiceUnavailable(WORKFLOWS_UNAVAILABLE) from exc
         try:
-            await asyncio.wait_for(temporal.get_workflow_handle(workflow_id).describe(), DESCRIBE_TIMEOUT_S)
+            with span(DESCRIBE_SPAN):
+                await asyncio.wait_for(
+                    temporal.get_workflow_handle(workflow_id).describe(), DESCRIBE_TIMEOUT_S
+                )
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return False

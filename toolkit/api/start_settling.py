@@ -22,10 +22,13 @@ from toolkit.parse import ParseClient
 from toolkit.parse import batch_requests as store
 from toolkit.parse.errors import ParseError
 from toolkit.parse.models import BatchMemoryRequest
+from toolkit.timing import span
 
 log = logging.getLogger(__name__)
 
 DESCRIBE_TIMEOUT_S = 3.0
+# Server-Timing name of a describe, so a measurement can tell the API's Temporal calls (toolkit saturation).
+DESCRIBE_SPAN = "temporal.describe"
 # After a start Temporal could not confirm: how often, and how long, the API asks again.
 SETTLE_EVERY_S = 1.0
 SETTLE_FOR_S = 600.0
@@ -41,9 +44,10 @@ UNKNOWN: Final = _Unknown()
 async def describe_run_id(temporal: Client, workflow_id: str) -> str | None | _Unknown:
     """The run id of ``workflow_id``; None if Temporal does not know it; :data:`UNKNOWN` if it cannot say."""
     try:
-        description = await asyncio.wait_for(
-            temporal.get_workflow_handle(workflow_id).describe(), DESCRIBE_TIMEOUT_S
-        )
+        with span(DESCRIBE_SPAN):
+            description = await asyncio.wait_for(
+                temporal.get_workflow_handle(workflow_id).describe(), DESCRIBE_TIMEOUT_S
+            )
     except RPCError as exc:
         return None if exc.status == RPCStatusCode.NOT_FOUND else UNKNOWN
     except (RuntimeError, OSError, TimeoutError):

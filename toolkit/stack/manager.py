@@ -29,12 +29,14 @@ class PartStatus:
 def with_local_secrets(settings: Settings) -> Settings:
     """Fill in Parse keys for the local stack when none are configured (kept in stack.env after).
 
-    Also the worker's metrics port: a free one on first ``up``, then kept in stack.env, so stacks
-    on other port blocks never collide on a fixed default.
+    Also the metrics ports of the worker and of the Temporal dev server: free ones on first ``up``,
+    then kept in stack.env, so stacks on other port blocks never collide on a fixed default.
     """
     changes: dict[str, object] = {"webhook_allow_private": True}
     if settings.worker_metrics_port <= 0:
         changes["worker_metrics_port"] = free_port(settings.bind_host)
+    if settings.temporal_metrics_port <= 0:
+        changes["temporal_metrics_port"] = free_port(settings.bind_host)
     if not settings.parse_master_key:
         changes["parse_master_key"] = "master-" + secrets.token_hex(16)
     if not settings.parse_rest_api_key:

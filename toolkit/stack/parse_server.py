@@ -67,6 +67,11 @@ class ParseServer(StackPart):
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/parse"
 
+    @property
+    def metrics_url(self) -> str:
+        """Requests answered by method and route, and /batch sub-requests (parse-server/request-counts.js)."""
+        return f"http://{self.host}:{self.port}/metrics"
+
     def healthy(self) -> bool:
         return http_ok(f"{self.url}/health", lambda response: response.json().get("status") == "ok")
 
@@ -83,6 +88,8 @@ class ParseServer(StackPart):
             "PARSE_MASTER_KEY": self.settings.parse_master_key,
             "PARSE_REST_API_KEY": self.settings.parse_rest_api_key,
             "PARSE_SERVER_URL": self.url,
+            # GET /metrics with request counts (parse-server/request-counts.js), read by toolkit saturation.
+            "PARSE_REQUEST_COUNTS": "1",
             # Node resolves the packages next to server.js; cwd only decides where files land.
             "NODE_PATH": str(PACKAGE_DIR / "node_modules"),
         }

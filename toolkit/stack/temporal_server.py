@@ -45,6 +45,11 @@ class TemporalServer(StackPart):
         return f"{self.host}:{self.port}"
 
     @property
+    def metrics_url(self) -> str | None:
+        """The dev server's own Prometheus metrics: requests per gRPC operation, persistence calls."""
+        return self.settings.temporal_metrics_url
+
+    @property
     def ui_url(self) -> str:
         return f"http://{self.host}:{self.ui_port}"
 
@@ -52,7 +57,10 @@ class TemporalServer(StackPart):
         return asyncio.run(_check_health(self.url, self.settings.temporal_namespace))
 
     def start(self) -> None:
-        self.refuse_taken_ports({"TEMPORAL_PORT": self.port, "TEMPORAL_UI_PORT": self.ui_port})
+        ports = {"TEMPORAL_PORT": self.port, "TEMPORAL_UI_PORT": self.ui_port}
+        if self.settings.temporal_metrics_port > 0:
+            ports["TEMPORAL_METRICS_PORT"] = self.settings.temporal_metrics_port
+        self.refuse_taken_ports(ports)
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
         argv = [
             temporal_binary(),
@@ -70,6 +78,8 @@ class TemporalServer(StackPart):
             "--log-level",
             "warn",
         ]
+        if self.settings.temporal_metrics_port > 0:
+            argv += ["--metrics-port", str(self.settings.temporal_metrics_port)]
         if self.settings.temporal_namespace != "default":
             argv += ["--namespace", self.settings.temporal_namespace]
         pid = spawn(argv, log_file=self.log_file, pid_file=self.pid_file)

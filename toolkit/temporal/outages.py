@@ -19,7 +19,10 @@ for the server, and an activity whose heartbeats could not reach it is retried f
 The heartbeat starts with the activity, before its first download, so a slow download of a full chunk
 never looks like a dead worker. Its details carry the activity's checkpoint and, during an outage, when
 the outage began, so an attempt that starts during the same outage (its worker restarted, say) goes on
-counting from there.
+counting from there. The first one is sent a second in (``FIRST_BEAT_AFTER_S``), not at once: most
+activities of a small batch end sooner, and a heartbeat is a call to Temporal that the server
+persists (issue 19). A second is well inside the 20 s heartbeat timeout, and the checkpoint was
+never fresher than that: the worker sends at most one heartbeat a second.
 """
 
 from __future__ import annotations
@@ -38,7 +41,13 @@ from toolkit.parse.errors import ParseUnavailable
 from toolkit.temporal.batch_types import Checkpoint
 from toolkit.temporal.failure_text import OUTAGE_TOO_LONG
 
-__all__ = ["HEARTBEAT_EVERY_S", "OUTAGE_TOO_LONG", "ActivityHeartbeat", "outlast_outages"]
+__all__ = [
+    "FIRST_BEAT_AFTER_S",
+    "HEARTBEAT_EVERY_S",
+    "OUTAGE_TOO_LONG",
+    "ActivityHeartbeat",
+    "outlast_outages",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,8 @@ T = TypeVar("T")
 
 # The heartbeat loop's period (the worker sends at most one a second to the server).
 HEARTBEAT_EVERY_S = 5.0
+# No heartbeat in an attempt's first second: an activity that ends sooner sends none.
+FIRST_BEAT_AFTER_S = 1.0
 # Waits between the runs of a step during one outage: 1 s, doubling, at most 30 s.
 FIRST_WAIT_S = 1.0
 MAX_WAIT_S = 30.0
@@ -64,6 +75,7 @@ class ActivityHeartbeat:
         since = restored.get("outage_since")
         self.outage_since: float | None = float(since) if isinstance(since, int | float) else None
         self._task: asyncio.Task[None] | None = None
+        self._first_beat_at = time.monotonic() + FIRST_BEAT_AFTER_S
 
     @classmethod
     def of_this_attempt(cls) -> ActivityHeartbeat:
@@ -77,6 +89,8 @@ class ActivityHeartbeat:
         return details
 
     def beat(self) -> None:
+        if time.monotonic() < self._first_beat_at:
+            return  # the loop's first beat, at FIRST_BEAT_AFTER_S, carries the latest details
         activity.heartbeat(self.details())
 
     def advance(self, checkpoint: Checkpoint) -> None:
@@ -89,11 +103,13 @@ class ActivityHeartbeat:
         self.outage_since = None
 
     async def _loop(self) -> None:
+        await asyncio.sleep(max(0.0, self._first_beat_at - time.monotonic()))
         while True:
             self.beat()
             await asyncio.sleep(HEARTBEAT_EVERY_S)
 
     async def __aenter__(self) -> ActivityHeartbeat:
+        self._first_beat_at = time.monotonic() + FIRST_BEAT_AFTER_S
         self._task = asyncio.create_task(self._loop())
         return self
 
@@ -104,6 +120,11 @@ class ActivityHeartbeat:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if error is not None:
+            # Handed back (worker shutdown) or failing: the next attempt resumes from what this one
+            # reached, even within its first second. The SDK hands these details to the server with the
+            # failure.
+            activity.heartbeat(self.details())
 
 
 async def outlast_outages(

@@ -82,6 +82,12 @@ FULL_PARAMETERS: dict[str, dict[str, Any]] = {
         "LARGE_BATCH_SIZE": 500,
         "WORKLOAD": "chitchat",
     },
+    "07_throughput": {
+        "CONCURRENCY": [1, 4, 16, 40],
+        "BATCHES_PER_SUBMITTER": 2,
+        "MEMORIES_PER_BATCH": 100,
+        "WORKLOAD": "chitchat",
+    },
 }
 _CELL_TIMEOUT_S = 900
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from toolkit.validation.perf import procstats
+
+BURN_HALF_A_SECOND = "import time\nwhile time.process_time() < 0.5:\n    pass\n"
 
 
 def test_stack_pids_keep_live_processes_only_and_count_workers(tmp_path: Path) -> None:
@@ -29,6 +33,16 @@ def test_cpu_seconds_grow_with_work_and_the_delta_names_each_part() -> None:
     delta = procstats.cpu_delta(before, after)
     assert set(delta) == {"me"} and delta["me"] > 0
     assert after[0].peak_rss_kb >= after[0].rss_kb > 0
+
+
+def test_a_process_alone_leaves_out_the_cpu_of_the_children_it_started() -> None:
+    # A measuring process that starts what it measures (variants, profilers) must not count them twice.
+    before = procstats.sample({"with": os.getpid(), "alone": os.getpid()}, alone={"alone"})
+    subprocess.run([sys.executable, "-c", BURN_HALF_A_SECOND], check=True)  # started, waited for, reaped
+    after = procstats.sample({"with": os.getpid(), "alone": os.getpid()}, alone={"alone"})
+    delta = procstats.cpu_delta(before, after)
+    assert delta["with"] >= 0.5  # the child's half second, counted once it was reaped
+    assert delta["alone"] < 0.5
 
 
 def test_peak_rss_can_be_reset_to_the_current_rss() -> None:

@@ -2,12 +2,15 @@
 
 Pids come from ``<stack dir>/pids/<part>.pid`` (``worker*.pid`` for every worker). A part counts with
 its live descendants: Parse's pid may be a launcher whose child is the real ``node``, and PostgreSQL's
-work happens in backends forked by the postmaster. Where ``/proc`` is missing, values are None.
+work happens in backends forked by the postmaster. A measuring process that started the processes it
+measures (variants) is sampled ``alone``, or it would count them twice. Where ``/proc`` is missing,
+values are None.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +68,8 @@ def reset_peak_rss(pid: int) -> bool:
     return True
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, own + reaped children's CPU seconds) from ``/proc/<pid>/stat``."""
+def _stat(pid: int) -> tuple[int, float, float] | None:
+    """(parent pid, own CPU seconds, reaped children's CPU seconds) from ``/proc/<pid>/stat``."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -75,7 +78,7 @@ def _stat(pid: int) -> tuple[int, float] | None:
     fields = raw[raw.rfind(")") + 2 :].split()
     ppid = int(fields[1])
     utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
-    return ppid, (utime + stime + cutime + cstime) / _TICKS
+    return ppid, (utime + stime) / _TICKS, (cutime + cstime) / _TICKS
 
 
 def _children() -> dict[int, list[int]]:
@@ -88,27 +91,30 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def cpu_seconds(pid: int, tree: dict[int, list[int]] | None = None) -> float | None:
-    """CPU seconds of ``pid`` and all its live descendants."""
-    tree = _children() if tree is None else tree
+def cpu_seconds(pid: int, tree: dict[int, list[int]] | None = None, *, alone: bool = False) -> float | None:
+    """CPU seconds of ``pid`` and all its descendants (live, and reaped); ``alone``: its own threads only."""
     own = _stat(pid)
     if own is None:
         return None
-    total, stack = own[1], list(tree.get(pid, []))
+    if alone:
+        return own[1]
+    tree = _children() if tree is None else tree
+    total, stack = own[1] + own[2], list(tree.get(pid, []))
     while stack:
         child = stack.pop()
         stat = _stat(child)
         if stat is not None:
-            total += stat[1]
+            total += stat[1] + stat[2]
         stack.extend(tree.get(child, []))
     return total
 
 
-def sample(pids: dict[str, int]) -> list[ProcSample]:
+def sample(pids: dict[str, int], *, alone: Collection[str] = ()) -> list[ProcSample]:
+    """One reading per live part; the parts named in ``alone`` by their own threads only."""
     tree = _children()
     samples = []
     for part, pid in pids.items():
-        cpu = cpu_seconds(pid, tree)
+        cpu = cpu_seconds(pid, tree, alone=part in alone)
         if cpu is None:
             continue
         samples.append(ProcSample(part, pid, cpu, _status_kb(pid, "VmRSS") or 0, peak_rss_kb(pid) or 0))

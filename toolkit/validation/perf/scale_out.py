@@ -78,8 +78,9 @@ async def _one_run(
         for part, pid in procstats.stack_pids(settings.stack_dir).items()
         if part != "api" and not part.startswith("worker")
     }
+    # This process started the variant: "bench" is its own threads, or it would count the variant twice.
     watched = {**shared, **pids, "bench": os.getpid()}
-    before = procstats.sample(watched)
+    before = procstats.sample(watched, alone={"bench"})
     machine_before = procstats.machine_cpu_seconds()
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=api_url, timeout=SUBMIT_TIMEOUT_S) as http:
@@ -103,7 +104,7 @@ async def _one_run(
         *(temporal.get_workflow_handle(w, result_type=BatchSummary).result() for w in workflow_ids)
     )
     seconds = time.perf_counter() - started
-    after = procstats.sample(watched)
+    after = procstats.sample(watched, alone={"bench"})
     machine_after = procstats.machine_cpu_seconds()
     busy = None
     if machine_before and machine_after and machine_after[1] > machine_before[1]:
