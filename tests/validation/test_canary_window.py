@@ -44,8 +44,13 @@ async def test_a_pilot_too_small_is_topped_up_to_what_the_judge_needs(
     assert await read_flags(parse, settings) == before  # the flags were set once and put back
 
 
-async def test_a_need_over_the_cap_stops_with_the_reason(settings: Settings, parse: ParseClient) -> None:
+async def test_a_need_over_the_cap_fills_the_window_to_the_cap_then_stops_with_the_reason(
+    settings: Settings, parse: ParseClient
+) -> None:
     window = await run_until_decided(settings, WIDE, PILOT, max_batches_per_path=3)
-    assert len(window.rounds) == 1
+    # The pilot's need (4 per path) is over the cap, but a small window's need is noisy: the window is
+    # filled up to the cap first (2 more per path), and only a full window that still falls short stops.
+    assert window.rounds["submitted"].tolist() == [2, 2 * (3 - 1)]
     assert window.verdict.verdict == "not enough data"
+    assert (window.verdict.n_canary, window.verdict.n_baseline) == (3, 3)
     assert window.stopped == "the judge needs 4 batches per path, over the cap of 3"

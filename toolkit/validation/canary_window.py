@@ -66,13 +66,17 @@ async def judge_window(
     return window, judge(window, config, until=until, baseline=baseline)
 
 
+def _have(verdict: CanaryVerdict, own_baseline: bool) -> int:
+    """Batches per path the window holds (the canary's alone when the baseline is borrowed)."""
+    return min(verdict.n_canary, verdict.n_baseline) if own_baseline else verdict.n_canary
+
+
 def _shortfall(verdict: CanaryVerdict, sides: int, own_baseline: bool) -> int | None:
     """Batches to submit next (over all sides), or None when no number of batches is known to help."""
     if verdict.batches_needed is None:
         return None
     need = math.ceil(verdict.batches_needed * _MARGIN)
-    have = min(verdict.n_canary, verdict.n_baseline) if own_baseline else verdict.n_canary
-    return max(need - have, 2) * sides
+    return max(need - _have(verdict, own_baseline), 2) * sides
 
 
 async def run_until_decided(
@@ -132,10 +136,22 @@ async def run_until_decided(
                 more = _shortfall(verdict, sides, own_baseline)
                 if verdict.verdict != "not enough data":
                     stopped = f"decided after {len(rounds)} round(s)"
-                elif more is None or verdict.batches_needed > max_batches_per_path:  # type: ignore[operator]
-                    need = verdict.batches_needed or f"more than {config.max_batches_per_path}"
+                elif more is not None and verdict.batches_needed > max_batches_per_path:  # type: ignore[operator]
+                    # A need worked out from a small window is noisy (in one runbook, pilots of 8 per path
+                    # asked for 16, 16, then 1,352): fill the window up to the cap, and give up only when
+                    # a full window still falls short.
+                    room = max_batches_per_path - _have(verdict, own_baseline)
+                    if room > 0 and len(rounds) < max_rounds:
+                        batches = room * sides
+                        continue
                     stopped = (
-                        f"the judge needs {need} batches per path, over the cap of {max_batches_per_path}"
+                        f"the judge needs {verdict.batches_needed} batches per path, "
+                        f"over the cap of {max_batches_per_path}"
+                    )
+                elif more is None:
+                    stopped = (
+                        f"the judge needs more than {config.max_batches_per_path} batches per path, "
+                        f"over the cap of {max_batches_per_path}"
                     )
                 elif len(rounds) >= max_rounds:
                     stopped = f"still not enough data after {max_rounds} rounds"
