@@ -20,6 +20,10 @@ from toolkit.validation.workloads import synthetic_memories
 
 # Small, serial writes so the batch takes long enough to be killed in the middle.
 SLOW_WRITES = {"WRITER_BATCH_SIZE": "5", "WRITER_CONCURRENCY": "1"}
+# Seconds of such writes: the first checkpoint reaches the server a second into the attempt (issue 19),
+# and 2,000 memories were once all written by the time the test killed the worker. One file, not
+# chunks: under BATCH_CHUNK_MEMORIES (5,000 by default; checked below).
+TOTAL = 4500
 
 
 async def test_killed_worker_resumes_from_checkpoint_without_loss_or_duplicates(
@@ -32,8 +36,9 @@ async def test_killed_worker_resumes_from_checkpoint_without_loss_or_duplicates(
 
     await wait_until(first_ready, 60, "the first worker")
 
+    assert TOTAL <= worker_settings.batch_chunk_memories, "the batch must be one file, not chunks"
     batch = await store_and_start(
-        temporal, parse, worker_settings, user, synthetic_memories(2000, content_bytes=300)
+        temporal, parse, worker_settings, user, synthetic_memories(TOTAL, content_bytes=300)
     )
 
     async def checkpoint_on_server() -> int:
@@ -51,7 +56,7 @@ async def test_killed_worker_resumes_from_checkpoint_without_loss_or_duplicates(
     first.wait()
     checkpoint_at_kill = await checkpoint_on_server()
     written_at_kill = await count_memories(parse, batch.batch_id)
-    assert 0 < written_at_kill < 2000, "the kill must land in the middle of the batch"
+    assert 0 < written_at_kill < TOTAL, "the kill must land in the middle of the batch"
 
     second_log = tmp_path / "second.log"
     second, _ = start_worker_process(worker_settings, second_log, **SLOW_WRITES)
@@ -60,8 +65,9 @@ async def test_killed_worker_resumes_from_checkpoint_without_loss_or_duplicates(
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=30)
-    assert (summary.status, summary.total, summary.successful, summary.failed) == ("completed", 2000, 2000, 0)
-    assert await count_memories(parse, batch.batch_id) == 2000
+    counts = (summary.status, summary.total, summary.successful, summary.failed)
+    assert counts == ("completed", TOTAL, TOTAL, 0)
+    assert await count_memories(parse, batch.batch_id) == TOTAL
 
     history = await batch.handle.fetch_history()
     attempts = [
