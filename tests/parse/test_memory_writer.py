@@ -461,3 +461,16 @@ async def test_delete_memories_removes_every_copy(parse: ParseClient, user: Pars
     assert await delete_memories(parse, batch, page_size=50) == 120
     assert await count_memories(parse, batch) == 0
     assert await delete_memories(parse, batch) == 0
+
+
+def test_an_item_error_of_a_dropped_database_connection_counts_as_an_outage_not_a_bad_memory() -> None:
+    """The /batch item errors Parse gives while PostgreSQL is down. The first, with no code, is what a
+    fault-suite run saw when PostgreSQL was killed mid-write; it used to fail two memories for good."""
+    from toolkit.parse.memory_writer import _is_outage
+
+    assert _is_outage({"code": None, "error": "Connection terminated unexpectedly"})
+    assert _is_outage({"code": "ECONNREFUSED", "error": "connect ECONNREFUSED 127.0.0.1:5432"})
+    assert _is_outage({"code": 100, "error": "connection failed"})
+    assert not _is_outage({"code": 142, "error": "validation failed"})
+    assert not _is_outage({"code": None, "error": "a memory this writer cannot store"})
+    assert not _is_outage("not a dict")

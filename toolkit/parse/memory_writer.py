@@ -127,10 +127,17 @@ def memory_fields(item: MemoryItem) -> dict[str, Any]:
 # /batch with 200 and, per item, a driver or SQLSTATE code (e.g. "ECONNREFUSED", "57P03") or
 # 1 (internal error), 100 (connection failed), 124 (timeout) while PostgreSQL is down or restarting.
 _OUTAGE_ITEM_CODES = {1, 100, 124}
+# ... or no code at all, only node-postgres's words for a connection PostgreSQL dropped (killed mid-write:
+# a fault-suite run once saw two memories refused as "Parse error None: Connection terminated unexpectedly").
+_OUTAGE_ITEM_MESSAGES = ("Connection terminated", "Client has encountered a connection error")
 
 
 def _is_outage(error: Any) -> bool:
-    code = error.get("code") if isinstance(error, dict) else None
+    if not isinstance(error, dict):
+        return False
+    code, message = error.get("code"), error.get("error")
+    if code is None and isinstance(message, str):
+        return message.startswith(_OUTAGE_ITEM_MESSAGES)
     return isinstance(code, str) or code in _OUTAGE_ITEM_CODES
 
 
